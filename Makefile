@@ -1,0 +1,59 @@
+# pinterest_platform: the two quick-start commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+EVENTS ?= 2000
+export PINTEREST_STATE_DIR ?= $(CURDIR)/.pinterest
+export DAGSTER_HOME ?= $(PINTEREST_STATE_DIR)/dagster_home
+
+.PHONY: install jars java demo test dev stack-up stack-down stack-status bench lint clean
+
+## install: venv + pip upgrade + the package with dev extras + the JVM jars (Delta, Kafka) from Maven Central
+install: $(VENV)/.installed jars
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'
+	$(PYTHON) -m venv $(VENV)
+	# old pip backtracks for minutes on this dependency set: upgrade it first
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+java:
+	@java -version 2>&1 | head -1 | grep -Eq '"(1[7-9]|[2-9][0-9])' || \
+	  { echo "Java 17+ is required for Spark and Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
+
+jars: java
+	./jvm/fetch.sh
+
+## demo: the whole pipeline end to end on the embedded local stack
+demo: install
+	$(BIN)/pinterest-platform demo --events $(EVENTS)
+
+## test: everything the tests need, then the suite (starts its own stack and MariaDB)
+test: install
+	$(BIN)/pytest
+
+## dev: the local stack and the Dagster UI on http://127.0.0.1:3000, same instance as the CLI
+dev: install
+	$(BIN)/pinterest-platform stack up
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+stack-up: install
+	$(BIN)/pinterest-platform stack up
+stack-down:
+	$(BIN)/pinterest-platform stack down
+stack-status:
+	$(BIN)/pinterest-platform stack status
+
+bench: install
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/stream.py
+
+lint:
+	$(BIN)/ruff check pinterest_platform pinterest_platform_tests bench
+
+clean: stack-down
+	rm -rf $(PINTEREST_STATE_DIR)

@@ -1,0 +1,138 @@
+"""Data-quality checks on the cleaned tables, read with delta-rs (no JVM).
+
+Each rule is a pure function of an Arrow table returning (passed, metadata) so it is tested on passing
+and failing data; the asset checks below only load the table and wrap the rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pinterest_platform import contract
+from pinterest_platform.assets.batch import cleaned_key
+from pinterest_platform.resources.lake import LakeResource
+
+Rule = Callable[[pa.Table], tuple[bool, dict]]
+AGE_RANGE = (13, 120)  # Pinterest's minimum age; anything past 120 is a data error
+
+
+def unique_non_null_ind(table: pa.Table) -> tuple[bool, dict]:
+    ind = table.column("ind")
+    nulls = ind.null_count
+    duplicates = len(ind) - nulls - pc.count_distinct(ind, mode="only_valid").as_py()
+    return nulls == 0 and duplicates == 0, {"rows": len(ind), "null_ind": nulls, "duplicate_ind": duplicates}
+
+
+def follower_count_valid(table: pa.Table) -> tuple[bool, dict]:
+    column = table.column("follower_count")
+    is_integer = pa.types.is_integer(column.type)
+    negative = pc.sum(pc.less(column, 0)).as_py() or 0 if is_integer else None
+    return is_integer and negative == 0, {"type": str(column.type), "negative": negative,
+                                          "null": column.null_count}
+
+
+def category_known(table: pa.Table) -> tuple[bool, dict]:
+    column = table.column("category")
+    known = pa.array(contract.CATEGORIES)
+    unknown = pc.filter(column, pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=known))))
+    sample = sorted(set(unknown.to_pylist()))[:10]
+    return len(unknown) == 0, {"unknown_rows": len(unknown), "unknown_values": ", ".join(map(str, sample))}
+
+
+def coordinates_in_range(table: pa.Table) -> tuple[bool, dict]:
+    coordinates = table.column("coordinates").combine_chunks()
+    valid = pc.drop_null(coordinates)
+    wrong_length = pc.sum(pc.not_equal(pc.list_value_length(valid), 2)).as_py() or 0
+    lat = pc.list_element(valid, 0) if len(valid) else pa.array([], pa.float64())
+    lon = pc.list_element(valid, 1) if len(valid) else pa.array([], pa.float64())
+    bad_lat = pc.sum(pc.or_(pc.less(lat, -90), pc.greater(lat, 90))).as_py() or 0
+    bad_lon = pc.sum(pc.or_(pc.less(lon, -180), pc.greater(lon, 180))).as_py() or 0
+    return wrong_length + bad_lat + bad_lon == 0, {"wrong_length": wrong_length, "latitude_out_of_range": bad_lat,
+                                                   "longitude_out_of_range": bad_lon}
+
+
+def not_in_future(column_name: str, now: dt.datetime | None = None) -> Rule:
+    def rule(table: pa.Table) -> tuple[bool, dict]:
+        moment = now or dt.datetime.now(dt.timezone.utc)
+        column = table.column(column_name)
+        scalar = pa.scalar(moment, type=pa.timestamp("us", tz="UTC"))
+        future = pc.sum(pc.greater(pc.cast(column, pa.timestamp("us", tz="UTC")), scalar)).as_py() or 0
+        latest = pc.max(column).as_py()
+        return future == 0, {"in_future": future, "latest": str(latest)}
+
+    return rule
+
+
+def age_plausible(table: pa.Table) -> tuple[bool, dict]:
+    age = table.column("age")
+    low, high = AGE_RANGE
+    bad = pc.sum(pc.or_(pc.less(age, low), pc.greater(age, high))).as_py() or 0
+    return bad == 0, {"outside_13_120": bad, "min": pc.min(age).as_py(), "max": pc.max(age).as_py()}
+
+
+def columns_match_contract(kind: str) -> Callable[[pa.Schema], tuple[bool, dict]]:
+    def rule(schema: pa.Schema) -> tuple[bool, dict]:
+        expected = contract.CLEANED_COLUMNS[kind]
+        return schema.names == expected, {"columns": ", ".join(schema.names), "contract": ", ".join(expected)}
+
+    return rule
+
+
+def _load(lake: LakeResource, kind: str, columns: list[str] | None = None) -> pa.Table | None:
+    from deltalake import DeltaTable
+
+    uri = lake.table_uri(kind)
+    options = lake.storage_options()
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=columns)
+
+
+def _table_check(kind: str, name: str, columns: list[str], rule: Rule, description: str):
+    @dg.asset_check(asset=cleaned_key(kind), name=name, description=description, blocking=False)
+    def check(lake: LakeResource) -> dg.AssetCheckResult:
+        table = _load(lake, kind, columns)
+        if table is None:
+            return dg.AssetCheckResult(passed=False, metadata={"error": f"no Delta table for {kind} yet"})
+        passed, metadata = rule(table)
+        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+    return check
+
+
+def _schema_check(kind: str):
+    @dg.asset_check(asset=cleaned_key(kind), name="columns_match_contract",
+                    description="column names and order exactly as DATA_CONTRACT.md §3")
+    def check(lake: LakeResource) -> dg.AssetCheckResult:
+        from deltalake import DeltaTable
+
+        uri = lake.table_uri(kind)
+        options = lake.storage_options()
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
+            return dg.AssetCheckResult(passed=False, metadata={"error": f"no Delta table for {kind} yet"})
+        schema = DeltaTable(uri, storage_options=options).schema().to_arrow()
+        passed, metadata = columns_match_contract(kind)(pa.schema(schema))
+        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+    return check
+
+
+BATCH_CHECKS = [
+    *[_table_check(kind, "unique_non_null_ind", ["ind"], unique_non_null_ind, "one row per ind, none null")
+      for kind in contract.EVENT_KINDS],
+    *[_schema_check(kind) for kind in contract.EVENT_KINDS],
+    _table_check("pin", "follower_count_non_negative_integer", ["follower_count"], follower_count_valid,
+                 "follower_count is an integer type and never negative"),
+    _table_check("pin", "category_in_contract", ["category"], category_known, "category is one of the 13"),
+    _table_check("geo", "coordinates_in_range", ["coordinates"], coordinates_in_range,
+                 "latitude within [-90, 90], longitude within [-180, 180]"),
+    _table_check("geo", "timestamp_not_in_future", ["timestamp"], not_in_future("timestamp"),
+                 "no event timestamp after now"),
+    _table_check("user", "age_plausible", ["age"], age_plausible, "ages between 13 and 120"),
+    _table_check("user", "date_joined_not_in_future", ["date_joined"], not_in_future("date_joined"),
+                 "no join date after now"),
+]

@@ -1,0 +1,184 @@
+"""`pinterest-platform`: the command line of the platform.
+
+    stack up|down|status      the embedded local stack (Kafka KRaft broker + moto for S3/Kinesis)
+    seed --events N           create the synthetic source database
+    emulate --mode ...        post source events to Kafka topics and/or Kinesis streams
+    gateway                   the local HTTP gateway (API Gateway + REST Proxy + Kinesis proxy stand-in)
+    run batch                 sink, clean and compute analytics for everything that has arrived
+    run stream                Kinesis -> Delta with Spark Structured Streaming
+    demo                      all of the above end to end on the local stack
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _dagster_instance():
+    """The instance `make dev` / `dagster dev` use, so CLI runs show up in the UI."""
+    import dagster as dg
+
+    from pinterest_platform.settings import load_settings
+
+    home = load_settings().dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def table_summary(lake, names: list[str]) -> list[tuple[str, int | None]]:
+    from pinterest_platform.assets.metadata import delta_row_count
+
+    options = lake.storage_options()
+    return [(name, delta_row_count(lake.table_uri(name), options)) for name in names]
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    from pinterest_platform import contract
+    from pinterest_platform.definitions import defs
+
+    started = time.monotonic()
+    instance = _dagster_instance()
+    job = defs.get_job_def("batch_job")
+    print(f"running batch_job (sink, clean, analytics) in the Dagster instance at {os.environ['DAGSTER_HOME']}",
+          flush=True)
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+    )
+    lake = defs.resources["lake"]
+    rows = table_summary(lake, [*contract.EVENT_KINDS, contract.QUARANTINE_TABLE, *contract.ANALYTICS_TABLES])
+    width = max(len(n) for n, _ in rows)
+    print(f"\nlake: {lake.root_uri()}")
+    for name, count in rows:
+        print(f"  tables/{name:<{width}}  {'-' if count is None else count:>9} rows")
+    failed_checks = [
+        e.event_specific_data.asset_check_evaluation.check_name  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not e.event_specific_data.asset_check_evaluation.passed  # type: ignore[union-attr]
+    ]
+    status = "succeeded" if result.success else "FAILED"
+    print(f"\nbatch run {result.run_id} {status} in {time.monotonic() - started:.1f}s"
+          + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""))
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure:
+                print(event.message, file=sys.stderr)
+    return 0 if result.success else 1
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Seed, post events both ways, run batch and stream, and print where everything is."""
+    from pinterest_platform.settings import load_settings
+
+    settings = load_settings()
+    steps = [
+        ("stack up", lambda: _call("pinterest_platform.local_stack:stack_command", action="up")),
+        (f"seed {args.events} events", lambda: _call("pinterest_platform.datagen.cli_seed:seed_command",
+                                                     events=args.events, seed=args.seed, db_url=None,
+                                                     no_progress=False)),
+        ("emulate --all --mode both", lambda: _call("pinterest_platform.ingestion.emulator:emulate_command",
+                                                   mode="both", all=True, limit=None, rate=None, via="direct",
+                                                   invoke_url=None, api_key=None, resume=False,
+                                                   no_progress=False)),
+        ("run batch", lambda: run_batch_command(argparse.Namespace(log_level="WARNING"))),
+        ("run stream --available-now", lambda: _call("pinterest_platform.jobs.stream:stream_command",
+                                                     available_now=True, continuous=False, interval="5 seconds",
+                                                     timeout=None)),
+    ]
+    started = time.monotonic()
+    for title, step in steps:
+        print(f"\n=== {title}", flush=True)
+        code = step() or 0
+        if code:
+            print(f"demo stopped: `{title}` failed (exit {code})", file=sys.stderr)
+            return code
+    print(f"\ndemo finished in {time.monotonic() - started:.0f}s")
+    print(f"  source database : {settings.source_db_url}")
+    print(f"  lake            : {settings.lake_root} (raw files under topics/, Delta tables under tables/)")
+    print(f"  Dagster instance: {settings.dagster_home}  (open the UI with `make dev`, http://127.0.0.1:3000)")
+    print(f"  check shapes    : python ../shared/tools/check_tables.py --lake {settings.lake_root} "
+          f"--streaming-prefix {settings.topic_prefix}")
+    return 0
+
+
+def _call(target: str, **fields) -> int:
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(argparse.Namespace(**fields)) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pinterest-platform", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="start, stop or check the embedded local stack")
+    stack.add_argument("action", choices=["up", "down", "status"])
+
+    seed = sub.add_parser("seed", help="create the synthetic source database")
+    seed.add_argument("--events", type=int, required=True, help="number of posting events")
+    seed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    seed.add_argument("--db-url", default=None, help="SQLAlchemy URL (default PINTEREST_SOURCE_DB_URL)")
+    seed.add_argument("--no-progress", action="store_true")
+
+    emulate = sub.add_parser("emulate", help="post source events to Kafka and/or Kinesis")
+    emulate.add_argument("--mode", choices=["batch", "stream", "both"], default="both")
+    amount = emulate.add_mutually_exclusive_group()
+    amount.add_argument("--all", action="store_true", help="every source event once, in source order")
+    amount.add_argument("--limit", type=int, default=None, help="at most N events")
+    emulate.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    emulate.add_argument("--via", choices=["direct", "http"], default="direct")
+    emulate.add_argument("--invoke-url", default=None, help="API Gateway invoke URL (default PINTEREST_GATEWAY_URL)")
+    emulate.add_argument("--api-key", default=None, help="x-api-key (default PINTEREST_API_KEY)")
+    emulate.add_argument("--resume", action="store_true", help="continue after the last acknowledged event")
+    emulate.add_argument("--no-progress", action="store_true")
+
+    gateway = sub.add_parser("gateway", help="serve the local HTTP gateway")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--api-key", default=None, help="required x-api-key (default PINTEREST_API_KEY)")
+
+    run = sub.add_parser("run", help="run the batch or streaming pipeline")
+    run_sub = run.add_subparsers(dest="pipeline", required=True)
+    run_batch = run_sub.add_parser("batch", help="sink, clean and analytics for everything that has arrived")
+    run_batch.add_argument("--log-level", default="WARNING", help="Dagster console log level")
+    run_stream = run_sub.add_parser("stream", help="Kinesis -> Delta with Structured Streaming")
+    mode = run_stream.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--available-now", action="store_true", help="drain what is there and exit")
+    mode.add_argument("--continuous", action="store_true", help="run until stopped (SIGINT/SIGTERM)")
+    run_stream.add_argument("--interval", default="5 seconds", help="processing-time trigger interval")
+    run_stream.add_argument("--timeout", type=float, default=None, help="stop continuous mode after N seconds")
+
+    demo = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")
+    demo.add_argument("--events", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "stack":
+        return _call("pinterest_platform.local_stack:stack_command", action=args.action)
+    if args.command == "seed":
+        return _call("pinterest_platform.datagen.cli_seed:seed_command", **vars(args))
+    if args.command == "emulate":
+        return _call("pinterest_platform.ingestion.emulator:emulate_command", **vars(args))
+    if args.command == "gateway":
+        return _call("pinterest_platform.ingestion.gateway:gateway_command", **vars(args))
+    if args.command == "run" and args.pipeline == "batch":
+        return run_batch_command(args)
+    if args.command == "run" and args.pipeline == "stream":
+        return _call("pinterest_platform.jobs.stream:stream_command", **vars(args))
+    if args.command == "demo":
+        return demo_command(args)
+    raise AssertionError(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

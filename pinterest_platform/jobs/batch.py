@@ -1,0 +1,153 @@
+"""Batch Spark jobs: clean raw topic files into the `pin`, `geo`, `user` Delta tables, and compute the
+nine analytics tables. Each job is `job(spark, params) -> dict` with a JSON-serializable result, so it runs
+in-process locally and under Pipes on Databricks alike. All paths arrive as URIs (local path or s3://)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pinterest_platform import contract
+
+MANIFEST_DIR = "_manifests"
+
+
+def _table_exists(spark, uri: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, uri)
+
+
+def _ensure_table(spark, uri: str, schema) -> None:
+    if not _table_exists(spark, uri):
+        spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(uri)
+
+
+def _rows_differ(columns: list[str]) -> str:
+    # update a matched row only when something changed, so a redelivered event rewrites nothing
+    return " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in columns)
+
+
+def upsert_by_ind(spark, uri: str, rows, schema) -> None:
+    """MERGE rows (one per ind) into the Delta table at uri, creating it with the contract schema."""
+    from delta.tables import DeltaTable
+
+    _ensure_table(spark, uri, schema)
+    columns = schema.fieldNames()
+    (DeltaTable.forPath(spark, uri).alias("t")
+        .merge(rows.alias("s"), "t.ind = s.ind")
+        .whenMatchedUpdateAll(condition=_rows_differ([c for c in columns if c != "ind"]))
+        .whenNotMatchedInsertAll()
+        .execute())
+
+
+def append_quarantine(spark, uri: str, rows) -> None:
+    """Insert quarantine rows not already there: a re-run of the same raw file adds nothing."""
+    from delta.tables import DeltaTable
+
+    _ensure_table(spark, uri, contract.QUARANTINE_SCHEMA)
+    (DeltaTable.forPath(spark, uri).alias("t")
+        .merge(rows.alias("s"), "t.source = s.source AND t.origin <=> s.origin AND t.raw <=> s.raw")
+        .whenNotMatchedInsertAll()
+        .execute())
+
+
+def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
+    """Clean newly arrived raw files per kind and upsert them.
+
+    params: tables_root (URI of `<lake>/tables`), manifest_uri (Delta table of processed files),
+    files: {kind: [{"uri", "path", "size", "topic"}]}. Returns counts per kind."""
+    from pyspark.sql import functions as F
+
+    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
+
+    tables_root = params["tables_root"].rstrip("/")
+    quarantine_uri = f"{tables_root}/{contract.QUARANTINE_TABLE}"
+    results: dict[str, Any] = {}
+    manifest_rows = []
+    for kind in contract.EVENT_KINDS:
+        files = params["files"].get(kind) or []
+        table_uri = f"{tables_root}/{kind}"
+        started = time.monotonic()
+        if not files:
+            results[kind] = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0,
+                             "quarantined": 0, "seconds": 0.0}
+            continue
+        topic_of = {f["uri"]: f["topic"] for f in files}
+        records = (spark.read.text([f["uri"] for f in files])
+                   .select(F.col("value"), F.col("_metadata.file_path").alias("origin")))
+        # blank lines are framing, not records
+        records = records.where(F.trim(F.col("value")) != "")
+        topics = sorted(set(topic_of.values()))
+        records = records.withColumn("source", F.lit(topics[0]) if len(topics) == 1 else F.lit(",".join(topics)))
+        cleaned = clean(kind, records).persist()
+        good = cleaned.where(F.col("_reason").isNull())
+        read = cleaned.count()
+        clean_count = good.count()
+        deduplicated = cleaned_rows(kind, latest_per_key(good, key="ind", order_by=["_origin", "_raw"]))
+        deduplicated = deduplicated.persist()
+        upserted = deduplicated.count()
+        quarantined_df = quarantine_rows(kind, cleaned).persist()
+        quarantined = quarantined_df.count()
+        upsert_by_ind(spark, table_uri, deduplicated, contract.CLEANED_SCHEMAS[kind])
+        if quarantined:
+            append_quarantine(spark, quarantine_uri, quarantined_df)
+        for df in (cleaned, deduplicated, quarantined_df):
+            df.unpersist()
+        results[kind] = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
+                         "duplicates": clean_count - upserted, "quarantined": quarantined,
+                         "seconds": round(time.monotonic() - started, 3)}
+        manifest_rows += [(f["path"], int(f["size"]), kind) for f in files]
+    # the manifest is written last: a crash before it only means the same files are merged again,
+    # which changes nothing (upsert by ind, quarantine insert-if-absent)
+    if manifest_rows:
+        from pyspark.sql import types as T
+
+        schema = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
+                               T.StructField("kind", T.StringType())])
+        (spark.createDataFrame(manifest_rows, schema).withColumn("processed_at", F.current_timestamp())
+         .write.format("delta").mode("append").save(params["manifest_uri"]))
+    for kind in contract.EVENT_KINDS:
+        uri = f"{tables_root}/{kind}"
+        results[kind]["table_rows"] = (spark.read.format("delta").load(uri).count()
+                                       if _table_exists(spark, uri) else 0)
+    results["quarantine_rows"] = (spark.read.format("delta").load(quarantine_uri).count()
+                                  if _table_exists(spark, quarantine_uri) else 0)
+    return results
+
+
+def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
+    """Recompute the nine analytics tables from the cleaned tables (full overwrite each run).
+
+    params: tables_root, preview_rows. Returns per table: rows and a preview (list of row dicts)."""
+    from pinterest_platform.transforms.analytics import compute_all
+
+    tables_root = params["tables_root"].rstrip("/")
+    preview_rows = int(params.get("preview_rows", 20))
+    loaded = {}
+    for kind in contract.EVENT_KINDS:
+        uri = f"{tables_root}/{kind}"
+        if _table_exists(spark, uri):
+            loaded[kind] = spark.read.format("delta").load(uri)
+        else:
+            loaded[kind] = spark.createDataFrame([], contract.CLEANED_SCHEMAS[kind])
+    outputs = compute_all(loaded["pin"], loaded["geo"], loaded["user"])
+    results = {}
+    for name in contract.ANALYTICS_TABLES:
+        df = outputs[name].persist()
+        (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+         .save(f"{tables_root}/{name}"))
+        rows = [r.asDict() for r in df.collect()] if preview_rows else []
+        count = len(rows) if preview_rows else df.count()
+        df.unpersist()
+        results[name] = {"rows": count, "preview": [_jsonable(r) for r in rows[:preview_rows]]}
+    return results
+
+
+def _jsonable(row: dict) -> dict:
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "isoformat"):
+            value = value.isoformat()
+        out[key] = value
+    return out

@@ -1,0 +1,78 @@
+"""Environment -> typed settings: the one place that reads the platform's environment variables.
+
+Every variable is listed in `.env.example`. Local defaults need no cloud account: state, the source
+database and the lake all live under `PINTEREST_STATE_DIR` (default `<project>/.pinterest`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILES = ("local", "aws")
+
+
+def project_root() -> Path:
+    """The source checkout when running from one (so every command agrees on paths), else the cwd."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    state_dir: Path
+    topic_prefix: str
+    lake_root: str
+    source_db_url: str
+    kafka_bootstrap_servers: str | None  # None: use the embedded broker from the stack state
+    aws_region: str
+    aws_endpoint_url: str | None  # None: real AWS, or (local profile) moto from the stack state
+    gateway_url: str | None
+    gateway_api_key: str | None
+    msk_auth: str  # iam | tls
+    databricks_wheel: str | None
+    databricks_cluster_id: str | None
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.state_dir / "stack"
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(_env("DAGSTER_HOME", str(self.state_dir / "dagster_home")))
+
+    def stack_endpoints(self) -> dict:
+        """Endpoints written by `pinterest-platform stack up` ({} when the stack never ran)."""
+        path = self.stack_dir / "state.json"
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text()).get("endpoints", {})
+
+
+def load_settings() -> Settings:
+    env = _env("PINTEREST_ENV", "local")
+    if env not in PROFILES:
+        raise ValueError(f"PINTEREST_ENV={env!r}: expected one of {', '.join(PROFILES)}")
+    state_dir = Path(_env("PINTEREST_STATE_DIR", str(project_root() / ".pinterest"))).resolve()
+    return Settings(
+        env=env,
+        state_dir=state_dir,
+        topic_prefix=_env("PINTEREST_TOPIC_PREFIX", "pinterest"),
+        lake_root=_env("PINTEREST_LAKE_ROOT", str(state_dir / "lake")),
+        source_db_url=_env("PINTEREST_SOURCE_DB_URL", f"sqlite:///{state_dir / 'source.db'}"),
+        kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
+        aws_region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
+        aws_endpoint_url=_env("AWS_ENDPOINT_URL"),
+        gateway_url=_env("PINTEREST_GATEWAY_URL"),
+        gateway_api_key=_env("PINTEREST_API_KEY"),
+        msk_auth=_env("MSK_AUTH", "iam"),
+        databricks_wheel=_env("DATABRICKS_WHEEL"),
+        databricks_cluster_id=_env("DATABRICKS_CLUSTER_ID"),
+    )
