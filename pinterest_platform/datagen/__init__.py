@@ -1,0 +1,11 @@
+"""Synthetic data for the platform: the source database of DATA_CONTRACT.md §1."""
+
+from pinterest_platform.datagen.generator import (
+    CHUNK_SIZE,
+    generate_events,
+    seed_source_database,
+    source_engine,
+    source_tables,
+)
+
+__all__ = ["CHUNK_SIZE", "generate_events", "seed_source_database", "source_engine", "source_tables"]
