@@ -108,6 +108,12 @@ class LocalSparkResource(SparkResource):
         return get_job(job_name)(self.session(), params)
 
 
+def _pipes_version() -> str:
+    from importlib.metadata import version
+
+    return version("dagster-pipes")
+
+
 class DatabricksSparkResource(SparkResource):
     """Runs jobs on a Databricks job cluster under Dagster Pipes.
 
@@ -135,7 +141,8 @@ class DatabricksSparkResource(SparkResource):
         task: dict[str, Any] = {
             "task_key": f"pinterest_platform_{job_name}",
             "spark_python_task": {"python_file": self.entrypoint, "parameters": [job_name]},
-            "libraries": [{"pypi": {"package": "dagster-pipes"}}],
+            # the cluster's Pipes must speak the same protocol version as this orchestrator
+            "libraries": [{"pypi": {"package": f"dagster-pipes=={_pipes_version()}"}}],
         }
         if self.wheel:
             task["libraries"].append({"whl": self.wheel})

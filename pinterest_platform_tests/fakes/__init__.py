@@ -1,0 +1,1 @@
+"""In-process fakes of remote services that cannot run on a laptop (Databricks)."""
