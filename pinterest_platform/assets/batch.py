@@ -3,7 +3,6 @@
 Every run is incremental: the raw sink consumes from committed offsets, cleaning reads only raw files not
 yet in its manifest, and analytics recompute only when a cleaned table has a new Delta version."""
 
-from __future__ import annotations
 
 import json
 import time

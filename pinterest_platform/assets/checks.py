@@ -3,7 +3,6 @@
 Each rule is a pure function of an Arrow table returning (passed, metadata) so it is tested on passing
 and failing data; the asset checks below only load the table and wrap the rule."""
 
-from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable

@@ -5,7 +5,8 @@ Registered by name so the Databricks entry point can dispatch to the same functi
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SparkJob = Callable[[Any, dict], dict]
 

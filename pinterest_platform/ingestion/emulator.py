@@ -1,0 +1,946 @@
+"""The posting emulator: replays the source database's posting events into Kafka and/or Kinesis.
+
+Each event (one `pinterest_data` row and the `geolocation_data` and `user_data` rows sharing its key) is
+posted as three JSON objects with the source column names (DATA_CONTRACT.md §2):
+
+- batch:  Kafka topics `<prefix>.pin/.geo/.user` through an idempotent producer (acks=all), key = ind;
+- stream: Kinesis streams `streaming-<prefix>-pin/-geo/-user` through PutRecords, partition key = ind;
+- `via="http"`: the same through the original HTTP contract (REST Proxy v2 and the API Gateway Kinesis
+  proxy), e.g. against `pinterest-platform gateway` or the real API Gateway.
+
+Events are read in key order, one page of a few thousand at a time (keyset pagination, bound parameters).
+A page is posted, every record acknowledged (failed ones re-sent a bounded number of times), and only then
+is the page's last key written to the cursor file, so `resume=True` continues exactly after the last fully
+acknowledged page. A record that still fails is counted and reported (non-zero exit code), never dropped
+silently; the run stops after that page so that a resume re-posts it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pinterest_platform.contract import (
+    EVENT_KINDS,
+    SOURCE_COLUMNS,
+    SOURCE_GEO_TABLE,
+    SOURCE_KEY,
+    SOURCE_PIN_TABLE,
+    SOURCE_TABLE_OF,
+    SOURCE_USER_TABLE,
+    stream_name,
+    topic_name,
+)
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["batch", "stream", "both"]
+Via = Literal["direct", "http"]
+MODES: tuple[str, ...] = ("batch", "stream", "both")
+VIAS: tuple[str, ...] = ("direct", "http")
+
+PAGE_SIZE = 5000                  # events read and posted per acknowledged page
+KINESIS_MAX_RECORDS = 500         # PutRecords limits
+KINESIS_MAX_REQUEST_BYTES = 5 * 1024 * 1024
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+HTTP_TOPIC_RECORDS_PER_REQUEST = 500
+HTTP_MAX_REQUEST_BYTES = 4 * 1024 * 1024   # under API Gateway's 10 MB payload limit
+MAX_ATTEMPTS = 6                  # sends of one record before it counts as failed (lost)
+
+# one event: its key and its three rows (None when the source has no row of that kind for the key)
+Event = tuple[int, dict[str, dict[str, Any] | None]]
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmulationReport:
+    """What a run did. `sent`/`failed` count records per destination (topic or stream name)."""
+
+    mode: str
+    via: str
+    events_read: int = 0
+    sent: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    missing_rows: dict[str, int] = field(default_factory=dict)  # events lacking a geo/user row
+    seconds: float = 0.0
+    first_key: int | None = None
+    last_key: int | None = None      # last key of the last fully acknowledged page
+    stopped_early: bool = False      # a page had permanent failures; later events were not posted
+    errors: list[str] = field(default_factory=list)   # a sample of the failure reasons
+
+    @property
+    def total_sent(self) -> int:
+        return sum(self.sent.values())
+
+    @property
+    def total_failed(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.total_failed == 0 and not self.stopped_early
+
+    @property
+    def records_per_second(self) -> float:
+        return self.total_sent / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [f"posting emulator: mode={self.mode} via={self.via}: {self.events_read} events read in "
+                 f"{self.seconds:.1f} s ({self.records_per_second:,.0f} records/s)"]
+        for dest in sorted(set(self.sent) | set(self.failed)):
+            line = f"  {dest:<40} sent {self.sent.get(dest, 0):>9,}  failed {self.failed.get(dest, 0):>7,}"
+            if self.retried.get(dest):
+                line += f"  (re-sent {self.retried[dest]:,})"
+            lines.append(line)
+        for kind, n in sorted(self.missing_rows.items()):
+            if n:
+                lines.append(f"  {n:,} events have no {SOURCE_TABLE_OF[kind]} row (nothing to post)")
+        if self.last_key is not None:
+            lines.append(f"  acknowledged up to key {self.last_key}")
+        if self.stopped_early:
+            lines.append("  STOPPED EARLY after permanent failures; `--resume` re-posts from the last "
+                         "acknowledged key")
+        for err in self.errors[:5]:
+            lines.append(f"  error: {err}")
+        if self.total_failed:
+            lines.append(f"  FAILED: {self.total_failed:,} records were not delivered")
+        return "\n".join(lines)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "events_read": self.events_read,
+            "records_sent": self.total_sent,
+            "records_failed": self.total_failed,
+            "seconds": round(self.seconds, 3),
+            "records_per_second": round(self.records_per_second, 1),
+            "sent": dict(self.sent),
+            "failed": dict(self.failed),
+            "last_key": self.last_key,
+            "stopped_early": self.stopped_early,
+        }
+
+
+# --- reading the source ---------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Source values as JSON: datetimes as ISO-8601 (`2020-08-28T03:52:47`), decimals as numbers."""
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _source_tables(engine) -> dict[str, Any]:
+    """SQLAlchemy Tables of the three source tables: the generator's definitions (exact column types),
+    or reflected from the database when those are not importable."""
+    import sqlalchemy as sa
+
+    metadata = sa.MetaData()
+    try:
+        from pinterest_platform.datagen import source_tables
+    except ImportError:  # pragma: no cover - the generator is part of the package
+        source_tables = None
+    tables: dict[str, Any] = {}
+    if source_tables is not None:
+        made = source_tables(metadata)
+        if isinstance(made, dict):
+            tables = {name: made[name] for name in made}
+        else:
+            tables = {t.name: t for t in made}
+    for name in (SOURCE_PIN_TABLE, SOURCE_GEO_TABLE, SOURCE_USER_TABLE):
+        if name not in tables:
+            tables[name] = sa.Table(name, metadata, autoload_with=engine)
+    return tables
+
+
+def _engine(source_db_url: str):
+    try:
+        from pinterest_platform.datagen import source_engine
+    except ImportError:  # pragma: no cover
+        import sqlalchemy as sa
+
+        return sa.create_engine(source_db_url)
+    return source_engine(source_db_url)
+
+
+class SourceReader:
+    """Reads events in key order, page by page (keyset pagination on `pinterest_data.index`).
+
+    One query per page: the three tables joined on the key (left joins from `pinterest_data`, so an event
+    missing a geo or user row is still seen), `ORDER BY index`, `index > :after`, `LIMIT :page`, executed
+    with `stream_results`/`yield_per` so the driver never buffers more than a page. Each page is a short
+    statement, so a slow or rate-limited run never holds a server-side cursor open (MySQL would time
+    it out)."""
+
+    def __init__(self, source_db_url: str, page_size: int = PAGE_SIZE):
+        import sqlalchemy as sa
+
+        self.engine = _engine(source_db_url)
+        self.page_size = page_size
+        tables = _source_tables(self.engine)
+        self.pin, self.geo, self.user = (tables[SOURCE_PIN_TABLE], tables[SOURCE_GEO_TABLE],
+                                         tables[SOURCE_USER_TABLE])
+        self.by_kind = {"pin": self.pin, "geo": self.geo, "user": self.user}
+        self.key = self.pin.c[SOURCE_KEY[SOURCE_PIN_TABLE]]
+        # selected columns are labelled "<kind>__<n>"; layout: kind -> [(source column name, position)]
+        self.layout: list[tuple[str, list[tuple[str, int]]]] = []
+        selected = []
+        for kind in EVENT_KINDS:
+            table = self.by_kind[kind]
+            positions = []
+            for n, col in enumerate(SOURCE_COLUMNS[SOURCE_TABLE_OF[kind]]):
+                positions.append((col, len(selected)))
+                selected.append(table.c[col].label(f"{kind}__{n}"))
+            self.layout.append((kind, positions))
+        self.pin_key_pos = dict(self.layout[0][1])[SOURCE_KEY[SOURCE_PIN_TABLE]]
+        self.geo_key_pos = dict(self.layout[1][1])[SOURCE_KEY[SOURCE_GEO_TABLE]]
+        self.user_key_pos = dict(self.layout[2][1])[SOURCE_KEY[SOURCE_USER_TABLE]]
+        geo_key = self.geo.c[SOURCE_KEY[SOURCE_GEO_TABLE]]
+        user_key = self.user.c[SOURCE_KEY[SOURCE_USER_TABLE]]
+        joined = self.pin.outerjoin(self.geo, geo_key == self.key).outerjoin(self.user, user_key == self.key)
+        self.base = sa.select(*selected).select_from(joined).order_by(self.key)
+
+    def count(self, after: int | None = None, limit: int | None = None) -> int:
+        import sqlalchemy as sa
+
+        query = sa.select(sa.func.count()).select_from(self.pin)
+        if after is not None:
+            query = query.where(self.key > after)
+        with self.engine.connect() as conn:
+            total = int(conn.execute(query).scalar_one())
+        return min(total, limit) if limit is not None else total
+
+    def pages(self, after: int | None = None, limit: int | None = None,
+              page_size: int | None = None) -> Iterator[list[Event]]:
+        page_size = page_size or self.page_size
+        remaining = limit
+        while remaining is None or remaining > 0:
+            n = page_size if remaining is None else min(page_size, remaining)
+            query = self.base
+            if after is not None:
+                query = query.where(self.key > after)
+            query = query.limit(n)
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=n).execute(query)
+                events = [self._event(row) for row in result]
+            if not events:
+                return
+            yield events
+            after = events[-1][0]
+            if remaining is not None:
+                remaining -= len(events)
+            if len(events) < n:
+                return
+
+    def _event(self, row) -> Event:
+        rows: dict[str, dict[str, Any] | None] = {
+            kind: {col: (v if type(v) in _PLAIN else _jsonable(v)) for col, pos in positions for v in (row[pos],)}
+            for kind, positions in self.layout}
+        if row[self.geo_key_pos] is None:   # left join found no geolocation_data row for this key
+            rows["geo"] = None
+        if row[self.user_key_pos] is None:
+            rows["user"] = None
+        return int(row[self.pin_key_pos]), rows
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# --- sinks ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record to post: destination kind, key and the row object."""
+
+    kind: str
+    key: int
+    row: dict[str, Any]
+    _payload: bytes | None = field(default=None, repr=False, compare=False)
+
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = encode_row(self.row)
+        return self._payload
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """A row as compact UTF-8 JSON text (emoji kept as characters)."""
+    return _ENCODER.encode(row).encode("utf-8")
+
+
+@dataclass
+class SendResult:
+    sent: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, bucket: dict[str, int], dest: str, n: int = 1) -> None:
+        if n:
+            bucket[dest] = bucket.get(dest, 0) + n
+
+    def merge(self, other: SendResult) -> None:
+        for mine, theirs in ((self.sent, other.sent), (self.failed, other.failed),
+                             (self.retried, other.retried)):
+            for dest, n in theirs.items():
+                mine[dest] = mine.get(dest, 0) + n
+        self.errors.extend(other.errors[: max(0, 20 - len(self.errors))])
+
+
+def _backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * (2 ** attempt))) + base / 2
+
+
+class Sink:
+    name = "sink"
+
+    def destinations(self) -> list[str]:
+        raise NotImplementedError
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _delivery_recorder(outcome: dict[int, Any], idx: int) -> Callable:
+    """Delivery callback storing the message's error (None: acknowledged) under its index."""
+
+    def on_delivery(err, _msg) -> None:
+        outcome[idx] = err
+
+    return on_delivery
+
+
+class KafkaSink(Sink):
+    """Kafka through an idempotent producer (acks=all). Every message's delivery report is awaited; a failed
+    delivery is re-produced up to `max_attempts` times, then counted as failed."""
+
+    name = "kafka"
+
+    def __init__(self, kafka, prefix: str, max_attempts: int = MAX_ATTEMPTS,
+                 delivery_timeout_ms: int = 60_000, **producer_overrides: Any):
+        self.kafka = kafka
+        self.prefix = prefix
+        self.max_attempts = max_attempts
+        self.delivery_timeout = delivery_timeout_ms / 1000
+        self.overrides = {"message.timeout.ms": delivery_timeout_ms, **producer_overrides}
+        self.topics = {kind: topic_name(prefix, kind) for kind in EVENT_KINDS}
+        self.producer = kafka.producer(**self.overrides)
+
+    def destinations(self) -> list[str]:
+        return list(self.topics.values())
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        result = SendResult()
+        pending = list(records)
+        attempt = 0
+        while pending:
+            attempt += 1
+            outcome: dict[int, Any] = {}
+            for idx, rec in enumerate(pending):
+                self._produce(self.topics[rec.kind], str(rec.key).encode(), rec.payload(),
+                              _delivery_recorder(outcome, idx))
+            # wait for every delivery report of this attempt (librdkafka bounds it by message.timeout.ms;
+            # the deadline only guards against a report that never comes)
+            deadline = time.monotonic() + self.delivery_timeout + 60
+            while len(outcome) < len(pending) and time.monotonic() < deadline:
+                self.producer.flush(1.0)
+            for idx in range(len(pending)):
+                outcome.setdefault(idx, "no delivery report before the deadline")
+            failed, fatal = [], False
+            for idx, rec in enumerate(pending):
+                err = outcome[idx]
+                if err is None:
+                    result.add(result.sent, self.topics[rec.kind])
+                else:
+                    failed.append(rec)
+                    fatal = fatal or bool(getattr(err, "fatal", lambda: False)())  # a KafkaError
+                    if len(result.errors) < 20:
+                        result.errors.append(f"{self.topics[rec.kind]} key {rec.key}: {err}")
+            if not failed:
+                break
+            if fatal:  # an idempotent producer in fatal state must be replaced
+                log.warning("Kafka producer fatal error; recreating the producer")
+                self.producer = self.kafka.producer(**self.overrides)
+            if attempt >= self.max_attempts:
+                for rec in failed:
+                    result.add(result.failed, self.topics[rec.kind])
+                break
+            for rec in failed:
+                result.add(result.retried, self.topics[rec.kind])
+            log.warning("re-producing %d undelivered Kafka records (attempt %d)", len(failed), attempt + 1)
+            time.sleep(_backoff(attempt))
+            pending = failed
+        return result
+
+    def _produce(self, topic: str, key: bytes, value: bytes, callback: Callable) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.1)
+
+    def close(self) -> None:
+        self.producer.flush(30)
+
+
+class KinesisSink(Sink):
+    """Kinesis through PutRecords (<= 500 records and <= 5 MiB per call). Only the records a call rejected
+    (per-record ErrorCode) are retried, with backoff; a failed call (throttled, unreachable) is retried
+    whole. Records still rejected after `max_attempts` count as failed."""
+
+    name = "kinesis"
+
+    RETRYABLE_CALL_ERRORS = {"ProvisionedThroughputExceededException", "LimitExceededException",
+                             "ThrottlingException", "ServiceUnavailable", "InternalFailure",
+                             "InternalServerError", "KMSThrottlingException", "RequestTimeout"}
+
+    def __init__(self, kinesis, prefix: str, max_attempts: int = 8):
+        self.client = kinesis.client() if hasattr(kinesis, "client") else kinesis
+        self.prefix = prefix
+        self.max_attempts = max_attempts
+        self.streams = {kind: stream_name(prefix, kind) for kind in EVENT_KINDS}
+
+    def destinations(self) -> list[str]:
+        return list(self.streams.values())
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        result = SendResult()
+        for kind in EVENT_KINDS:
+            stream = self.streams[kind]
+            entries = []
+            for rec in records:
+                if rec.kind != kind:
+                    continue
+                data = rec.payload()
+                if len(data) + len(str(rec.key)) > KINESIS_MAX_RECORD_BYTES:
+                    result.add(result.failed, stream)
+                    result.errors.append(f"{stream} key {rec.key}: record larger than 1 MiB")
+                    continue
+                entries.append({"Data": data, "PartitionKey": str(rec.key)})
+            for chunk in _chunks(entries, KINESIS_MAX_RECORDS, KINESIS_MAX_REQUEST_BYTES,
+                                 lambda e: len(e["Data"]) + len(e["PartitionKey"])):
+                self._put(stream, chunk, result)
+        return result
+
+    def _put(self, stream: str, entries: list[dict], result: SendResult) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pending = entries
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.put_records(StreamName=stream, Records=pending)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in self.RETRYABLE_CALL_ERRORS or attempt == self.max_attempts:
+                    result.add(result.failed, stream, len(pending))
+                    result.errors.append(f"{stream}: PutRecords failed: {exc}")
+                    return
+                result.add(result.retried, stream, len(pending))
+                time.sleep(_backoff(attempt))
+                continue
+            except BotoCoreError as exc:  # connection errors, timeouts
+                if attempt == self.max_attempts:
+                    result.add(result.failed, stream, len(pending))
+                    result.errors.append(f"{stream}: PutRecords failed: {exc}")
+                    return
+                result.add(result.retried, stream, len(pending))
+                time.sleep(_backoff(attempt))
+                continue
+            answers = response.get("Records") or []
+            if len(answers) != len(pending):  # cannot tell which were stored: send them all again
+                answers = [{"ErrorCode": "UnmatchedResponse", "ErrorMessage": "answer length mismatch"}] * len(pending)
+            failed = [entry for entry, answer in zip(pending, answers, strict=True) if answer.get("ErrorCode")]
+            result.add(result.sent, stream, len(pending) - len(failed))
+            if not failed:
+                return
+            if len(result.errors) < 20:
+                answer = next(a for a in answers if a.get("ErrorCode"))
+                result.errors.append(f"{stream}: {len(failed)} records rejected "
+                                     f"({answer['ErrorCode']}: {answer.get('ErrorMessage', '')})")
+            if attempt == self.max_attempts:
+                result.add(result.failed, stream, len(failed))
+                return
+            result.add(result.retried, stream, len(failed))
+            time.sleep(_backoff(attempt))
+            pending = failed
+
+
+def _chunks(items: list, max_count: int, max_bytes: int, size: Callable[[Any], int]) -> Iterator[list]:
+    chunk: list = []
+    chunk_bytes = 0
+    for item in items:
+        n = size(item)
+        if chunk and (len(chunk) >= max_count or chunk_bytes + n > max_bytes):
+            yield chunk
+            chunk, chunk_bytes = [], 0
+        chunk.append(item)
+        chunk_bytes += n
+    if chunk:
+        yield chunk
+
+
+# --- the HTTP contract ----------------------------------------------------------------------------
+
+
+KAFKA_JSON_V2 = "application/vnd.kafka.json.v2+json"
+
+
+class HttpError(RuntimeError):
+    def __init__(self, status: int | None, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class HttpIngestClient:
+    """Client of the original HTTP contract (API Gateway in front of Kafka REST Proxy and Kinesis):
+
+    - `post_topic_records(topic, records)`: `POST {invoke_url}/topics/{topic}` (REST Proxy v2, json embedded
+      format), returns the answer's `offsets`;
+    - `put_stream_records(stream, records)`: `PUT {invoke_url}/streams/{stream}/records`, returns the
+      PutRecords-like answer;
+    - `put_stream_record(stream, data, partition_key)`: `PUT {invoke_url}/streams/{stream}/record`.
+
+    Sends `x-api-key` when given. Connection errors and 5xx/429 answers are retried with backoff; other 4xx
+    raise `HttpError` at once (the request itself is wrong)."""
+
+    def __init__(self, invoke_url: str, api_key: str | None = None, timeout: float = 60.0,
+                 max_attempts: int = MAX_ATTEMPTS):
+        import httpx
+
+        self.invoke_url = invoke_url.rstrip("/")
+        self.max_attempts = max_attempts
+        headers = {"x-api-key": api_key} if api_key else {}
+        self.client = httpx.Client(headers=headers, timeout=timeout)
+
+    def _request(self, method: str, path: str, body: bytes, content_type: str) -> dict:
+        import httpx
+
+        url = f"{self.invoke_url}{path}"
+        last = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.request(method, url, content=body,
+                                               headers={"Content-Type": content_type})
+            except httpx.TransportError as exc:
+                last = f"{method} {url}: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 300:
+                    return response.json()
+                last = f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}"
+                if response.status_code < 500 and response.status_code != 429:
+                    raise HttpError(response.status_code, last)
+            if attempt < self.max_attempts:
+                time.sleep(_backoff(attempt))
+        raise HttpError(None, last)
+
+    def post_topic_records(self, topic: str, records: Sequence[dict]) -> list[dict]:
+        """REST Proxy v2 produce; `records` are `{"value": ..., "key"?: ..., "partition"?: ...}` objects."""
+        return self.post_topic_body(topic, _json_bytes({"records": list(records)}))
+
+    def post_topic_body(self, topic: str, body: bytes) -> list[dict]:
+        """The same with an already serialized `{"records": [...]}` body."""
+        return self._request("POST", f"/topics/{topic}", body, KAFKA_JSON_V2).get("offsets", [])
+
+    def put_stream_records(self, stream: str, records: Sequence[dict]) -> dict:
+        """Kinesis proxy PutRecords; `records` are `{"data": row, "partition-key": str}` objects."""
+        return self.put_stream_body(stream, _json_bytes({"records": list(records)}))
+
+    def put_stream_body(self, stream: str, body: bytes) -> dict:
+        return self._request("PUT", f"/streams/{stream}/records", body, "application/json")
+
+    def put_stream_record(self, stream: str, data: Any, partition_key: str) -> dict:
+        body = _json_bytes({"StreamName": stream, "Data": data, "PartitionKey": partition_key})
+        return self._request("PUT", f"/streams/{stream}/record", body, "application/json")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _json_bytes(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def _row_bytes(rec: Outgoing) -> int:
+    return len(rec.payload()) + 64
+
+
+def _topic_body(records: Sequence[Outgoing]) -> bytes:
+    """`{"records": [{"key": ind, "value": row}, ...]}` from the already serialized rows. The key is a JSON
+    number, which REST Proxy serializes to the same bytes ("7528") as a direct send's key."""
+    return b'{"records":[' + b",".join(b'{"key":%d,"value":%s}' % (r.key, r.payload()) for r in records) + b"]}"
+
+
+def _stream_body(records: Sequence[Outgoing]) -> bytes:
+    """`{"records": [{"data": row, "partition-key": "ind"}, ...]}` from the already serialized rows."""
+    return b'{"records":[' + b",".join(b'{"data":%s,"partition-key":"%d"}' % (r.payload(), r.key)
+                                       for r in records) + b"]}"
+
+
+class HttpKafkaSink(Sink):
+    """Kafka through REST Proxy v2: many records per request; records the answer marks with an error are
+    re-posted (bounded), then counted as failed."""
+
+    name = "kafka"
+
+    def __init__(self, client: HttpIngestClient, prefix: str, max_attempts: int = MAX_ATTEMPTS,
+                 records_per_request: int = HTTP_TOPIC_RECORDS_PER_REQUEST):
+        self.http = client
+        self.max_attempts = max_attempts
+        self.records_per_request = records_per_request
+        self.topics = {kind: topic_name(prefix, kind) for kind in EVENT_KINDS}
+
+    def destinations(self) -> list[str]:
+        return list(self.topics.values())
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        result = SendResult()
+        for kind in EVENT_KINDS:
+            topic = self.topics[kind]
+            mine = [r for r in records if r.kind == kind]
+            for chunk in _chunks(mine, self.records_per_request, HTTP_MAX_REQUEST_BYTES, _row_bytes):
+                self._post(topic, chunk, result)
+        return result
+
+    def _post(self, topic: str, chunk: list[Outgoing], result: SendResult) -> None:
+        pending = chunk
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                offsets = self.http.post_topic_body(topic, _topic_body(pending))
+            except HttpError as exc:
+                result.add(result.failed, topic, len(pending))
+                result.errors.append(str(exc))
+                return
+            if len(offsets) != len(pending):
+                failed = pending  # an answer we cannot match to records: send them all again
+                result.errors.append(f"{topic}: answer had {len(offsets)} offsets for {len(pending)} records")
+            else:
+                failed = [rec for rec, off in zip(pending, offsets, strict=True) if off.get("error_code") or off.get("error")]
+                if failed and len(result.errors) < 20:
+                    bad = next(o for o in offsets if o.get("error_code") or o.get("error"))
+                    result.errors.append(f"{topic}: {len(failed)} records rejected ({bad.get('error')})")
+            result.add(result.sent, topic, len(pending) - len(failed))
+            if not failed:
+                return
+            if attempt == self.max_attempts:
+                result.add(result.failed, topic, len(failed))
+                return
+            result.add(result.retried, topic, len(failed))
+            time.sleep(_backoff(attempt))
+            pending = failed
+
+
+class HttpKinesisSink(Sink):
+    """Kinesis through the API Gateway Kinesis proxy (`PUT /streams/{stream}/records`), retrying only the
+    records the PutRecords-like answer rejected."""
+
+    name = "kinesis"
+
+    def __init__(self, client: HttpIngestClient, prefix: str, max_attempts: int = 8):
+        self.http = client
+        self.max_attempts = max_attempts
+        self.streams = {kind: stream_name(prefix, kind) for kind in EVENT_KINDS}
+
+    def destinations(self) -> list[str]:
+        return list(self.streams.values())
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        result = SendResult()
+        for kind in EVENT_KINDS:
+            stream = self.streams[kind]
+            mine = [r for r in records if r.kind == kind]
+            for chunk in _chunks(mine, KINESIS_MAX_RECORDS, HTTP_MAX_REQUEST_BYTES, _row_bytes):
+                self._put(stream, chunk, result)
+        return result
+
+    def _put(self, stream: str, chunk: list[Outgoing], result: SendResult) -> None:
+        pending = chunk
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                answer = self.http.put_stream_body(stream, _stream_body(pending))
+            except HttpError as exc:
+                result.add(result.failed, stream, len(pending))
+                result.errors.append(str(exc))
+                return
+            answers = answer.get("Records") or []
+            if len(answers) != len(pending):
+                failed = pending
+                result.errors.append(f"{stream}: answer had {len(answers)} records for {len(pending)} sent")
+            else:
+                failed = [rec for rec, a in zip(pending, answers, strict=True) if a.get("ErrorCode")]
+            result.add(result.sent, stream, len(pending) - len(failed))
+            if not failed:
+                return
+            if attempt == self.max_attempts:
+                result.add(result.failed, stream, len(failed))
+                return
+            result.add(result.retried, stream, len(failed))
+            time.sleep(_backoff(attempt))
+            pending = failed
+
+
+# --- cursor ---------------------------------------------------------------------------------------
+
+
+def read_cursor(path: Path | None) -> int | None:
+    """The last acknowledged key stored in the cursor file (None: no file, start from the beginning)."""
+    if path is None or not Path(path).exists():
+        return None
+    data = json.loads(Path(path).read_text())
+    key = data.get("last_key")
+    return int(key) if key is not None else None
+
+
+def write_cursor(path: Path, last_key: int, **info: Any) -> None:
+    """Atomically replace the cursor file (write a temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"last_key": last_key, "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **info}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def default_cursor_path(state_dir: Path, prefix: str, mode: str) -> Path:
+    """Where the CLI and the asset keep the cursor: one per prefix and mode (the destinations), whatever the
+    transport, so a run resumed over HTTP continues one started direct and vice versa."""
+    return Path(state_dir) / "emulator" / f"cursor-{prefix}-{mode}.json"
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+class _RateLimiter:
+    def __init__(self, rate: float | None):
+        self.rate = rate
+        self.start = time.monotonic()
+        self.done = 0
+
+    def wait(self, upcoming: int) -> None:
+        """Sleep so that after posting `upcoming` more events the average stays under the rate."""
+        if not self.rate:
+            return
+        due = self.start + (self.done + upcoming) / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self.done += upcoming
+
+
+def _outgoing(events: list[Event], missing: dict[str, int]) -> list[Outgoing]:
+    records = []
+    for key, rows in events:
+        for kind in EVENT_KINDS:
+            row = rows[kind]
+            if row is None:
+                missing[kind] = missing.get(kind, 0) + 1
+            else:
+                records.append(Outgoing(kind, key, row))
+    return records
+
+
+def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: str = "pinterest",
+            limit: int | None = None, rate: float | None = None, via: Via = "direct",
+            invoke_url: str | None = None, api_key: str | None = None, cursor_path: Path | None = None,
+            resume: bool = False, progress: bool = True, page_size: int = PAGE_SIZE) -> EmulationReport:
+    """Post the source database's events to Kafka (`batch`), Kinesis (`stream`) or both.
+
+    `limit`: at most this many events (None: all). `rate`: at most this many events per second.
+    `via="http"`: through the HTTP contract at `invoke_url` (with `api_key`) instead of the clients.
+    `cursor_path`: after each acknowledged page the page's last key is stored there; with `resume=True`
+    the run starts after the stored key (without it, everything is posted again: a redelivery).
+    Kafka topics and Kinesis streams are created first when the corresponding resource is given."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if via not in VIAS:
+        raise ValueError(f"via {via!r}: expected one of {', '.join(VIAS)}")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    if rate is not None and rate <= 0:
+        raise ValueError("rate must be > 0 events per second")
+    want_kafka, want_kinesis = mode in ("batch", "both"), mode in ("stream", "both")
+
+    # destinations exist before anything is sent
+    if kafka is not None and want_kafka:
+        kafka.ensure_topics([topic_name(prefix, k) for k in EVENT_KINDS])
+    if kinesis is not None and want_kinesis:
+        kinesis.ensure_streams([stream_name(prefix, k) for k in EVENT_KINDS])
+
+    sinks: list[Sink] = []
+    http: HttpIngestClient | None = None
+    if via == "http":
+        if not invoke_url:
+            raise ValueError("via='http' needs invoke_url (PINTEREST_GATEWAY_URL or --invoke-url)")
+        http = HttpIngestClient(invoke_url, api_key)
+        if want_kafka:
+            sinks.append(HttpKafkaSink(http, prefix))
+        if want_kinesis:
+            sinks.append(HttpKinesisSink(http, prefix))
+    else:
+        if want_kafka:
+            if kafka is None:
+                raise ValueError(f"mode {mode!r} needs a Kafka resource")
+            sinks.append(KafkaSink(kafka, prefix))
+        if want_kinesis:
+            if kinesis is None:
+                raise ValueError(f"mode {mode!r} needs a Kinesis resource")
+            sinks.append(KinesisSink(kinesis, prefix))
+
+    after = read_cursor(cursor_path) if resume else None
+    report = EmulationReport(mode=mode, via=via, last_key=after)
+    for sink in sinks:
+        for dest in sink.destinations():
+            report.sent[dest] = 0
+            report.failed[dest] = 0
+    if rate:  # small pages keep a rate-limited run smooth (and its cursor fresh)
+        page_size = max(1, min(page_size, int(rate)))
+    reader = SourceReader(source_db_url, page_size=page_size)
+    limiter = _RateLimiter(rate)
+    started = time.monotonic()
+    bar = None
+    pool = ThreadPoolExecutor(max_workers=len(sinks), thread_name_prefix="emulator") if len(sinks) > 1 else None
+    try:
+        total = reader.count(after, limit)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="event", desc=f"posting ({mode}, {via})", dynamic_ncols=True)
+        for events in reader.pages(after=after, limit=limit):
+            if report.first_key is None:
+                report.first_key = events[0][0]
+            report.events_read += len(events)
+            records = _outgoing(events, report.missing_rows)
+            limiter.wait(len(events))
+            if pool is not None:
+                results = list(pool.map(lambda sink, batch=records: sink.send(batch), sinks))
+            else:
+                results = [sinks[0].send(records)]
+            page = SendResult()
+            for r in results:
+                page.merge(r)
+            for dest, n in page.sent.items():
+                report.sent[dest] = report.sent.get(dest, 0) + n
+            for dest, n in page.failed.items():
+                report.failed[dest] = report.failed.get(dest, 0) + n
+            for dest, n in page.retried.items():
+                report.retried[dest] = report.retried.get(dest, 0) + n
+            report.errors.extend(page.errors[: max(0, 20 - len(report.errors))])
+            if bar is not None:
+                bar.update(len(events))
+            if sum(page.failed.values()):
+                # this page is not fully acknowledged: keep the cursor before it and stop here
+                report.stopped_early = True
+                log.error("stopping: %d records of the page after key %s could not be delivered",
+                          sum(page.failed.values()), report.last_key)
+                break
+            report.last_key = events[-1][0]
+            if cursor_path is not None:
+                write_cursor(cursor_path, report.last_key, mode=mode, via=via, prefix=prefix)
+        for sink in sinks:
+            sink.close()
+    finally:
+        report.seconds = time.monotonic() - started
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if http is not None:
+            http.close()
+        reader.close()
+    return report
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def resources_from_settings(settings) -> tuple[Any, Any]:
+    """(KafkaResource, KinesisResource) for the active profile."""
+    from pinterest_platform.resources.kafka import LocalKafkaResource, MskKafkaResource
+    from pinterest_platform.resources.kinesis import AwsKinesisResource, LocalKinesisResource
+
+    if settings.env == "local":
+        return LocalKafkaResource(), LocalKinesisResource(region=settings.aws_region)
+    kafka = (MskKafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers, region=settings.aws_region)
+             if settings.kafka_bootstrap_servers else None)
+    return kafka, AwsKinesisResource(region=settings.aws_region)
+
+
+def emulate_command(args) -> int:
+    """`pinterest-platform emulate`: args.mode, args.all, args.limit, args.rate, args.via, args.invoke_url,
+    args.api_key, args.resume, args.no_progress. Exit code 1 when any record was not delivered."""
+    from pinterest_platform.resources.source_db import mask_url
+    from pinterest_platform.settings import load_settings
+
+    settings = load_settings()
+    mode = getattr(args, "mode", None) or "both"
+    via = getattr(args, "via", None) or "direct"
+    limit = None if getattr(args, "all", False) else getattr(args, "limit", None)
+    invoke_url = getattr(args, "invoke_url", None) or settings.gateway_url
+    api_key = getattr(args, "api_key", None) or settings.gateway_api_key
+    kafka = kinesis = None
+    if via == "direct":
+        kafka, kinesis = resources_from_settings(settings)
+        if kafka is None and mode in ("batch", "both"):
+            print("error: KAFKA_BOOTSTRAP_SERVERS is required for the aws profile", flush=True)
+            return 2
+    cursor = default_cursor_path(settings.state_dir, settings.topic_prefix, mode)
+    print(f"posting events from {mask_url(settings.source_db_url)} (prefix {settings.topic_prefix!r})",
+          flush=True)
+    try:
+        report = emulate(settings.source_db_url, mode, kafka=kafka, kinesis=kinesis,
+                         prefix=settings.topic_prefix, limit=limit, rate=getattr(args, "rate", None), via=via,
+                         invoke_url=invoke_url, api_key=api_key, cursor_path=cursor,
+                         resume=bool(getattr(args, "resume", False)),
+                         progress=not getattr(args, "no_progress", False))
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
+    print(report.summary(), flush=True)
+    print(f"  cursor: {cursor}", flush=True)
+    return 0 if report.ok else 1
+
+
+__all__ = [
+    "EmulationReport", "HttpIngestClient", "HttpError", "KafkaSink", "KinesisSink", "HttpKafkaSink",
+    "HttpKinesisSink", "SourceReader", "emulate", "emulate_command", "read_cursor", "write_cursor",
+    "default_cursor_path", "resources_from_settings",
+]

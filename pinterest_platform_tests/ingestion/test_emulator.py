@@ -1,0 +1,480 @@
+"""The posting emulator against the real local stack (Kafka broker + moto): exact counts per topic and stream,
+content equal to the source rows, redelivery, limit + resume, a broker restart mid-run, retried partial
+Kinesis failures and reported (never silent) permanent failures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pinterest_platform.contract import EVENT_KINDS, SOURCE_COLUMNS, SOURCE_TABLE_OF, stream_name, topic_name
+from pinterest_platform.datagen import seed_source_database
+from pinterest_platform.ingestion import emulator
+from pinterest_platform.ingestion.emulator import emulate, read_cursor
+
+EVENTS = 1200
+PAGE = 400          # several pages per run, so paging, cursor and resume are exercised
+ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+DATETIME_COLUMNS = {"geo": "timestamp", "user": "date_joined"}
+
+
+# --- helpers (also used by test_gateway) ----------------------------------------------------------
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def kafka_messages(kafka, topic: str, timeout: float = 60) -> list[tuple[bytes | None, bytes, int]]:
+    """Every message of every partition of `topic`, as (key, value, partition)."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    consumer = kafka.consumer(group_id=f"test-reader-{uuid.uuid4().hex}")
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = list(metadata.topics[topic].partitions)
+        highs = {p: _high_watermark(consumer, TopicPartition(topic, p)) for p in partitions}
+        remaining = {p for p in partitions if highs[p] > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        out = []
+        deadline = time.monotonic() + timeout
+        while remaining:
+            assert time.monotonic() < deadline, f"timed out reading {topic}; partitions left {remaining}"
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= highs[msg.partition()]:
+                        remaining.discard(msg.partition())
+                    continue
+                raise AssertionError(f"consumer error on {topic}: {msg.error()}")
+            out.append((msg.key(), msg.value(), msg.partition()))
+            if msg.offset() >= highs[msg.partition()] - 1:
+                remaining.discard(msg.partition())
+        return out
+    finally:
+        consumer.close()
+
+
+def _high_watermark(consumer, partition, timeout: float = 30) -> int:
+    """High watermark, waiting out a just-created topic whose leader is not elected yet."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10)[1]
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and "leader" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def kinesis_records(kinesis, stream: str) -> list[tuple[str, bytes, str]]:
+    """Every record of every shard of `stream`, as (partition key, data, shard id)."""
+    client = kinesis.client()
+    out = []
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            answer = client.get_records(ShardIterator=iterator, Limit=10000)
+            out.extend((r["PartitionKey"], r["Data"], shard["ShardId"]) for r in answer["Records"])
+            if not answer["Records"]:
+                break
+            iterator = answer.get("NextShardIterator")
+    return out
+
+
+def expected_rows(sqlite_path: Path) -> dict[str, dict[int, dict]]:
+    """The source rows as the wire format should carry them, read independently with sqlite3."""
+    conn = sqlite3.connect(sqlite_path)
+    out: dict[str, dict[int, dict]] = {}
+    try:
+        for kind in EVENT_KINDS:
+            table = SOURCE_TABLE_OF[kind]
+            columns = SOURCE_COLUMNS[table]
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            rows = {}
+            for values in conn.execute(f"SELECT {quoted} FROM {table}"):  # noqa: S608 - test-only, fixed names
+                row = dict(zip(columns, values, strict=True))
+                if kind in DATETIME_COLUMNS and row[DATETIME_COLUMNS[kind]] is not None:
+                    row[DATETIME_COLUMNS[kind]] = row[DATETIME_COLUMNS[kind]].replace(" ", "T")
+                rows[row["index" if kind == "pin" else "ind"]] = row
+            out[kind] = rows
+    finally:
+        conn.close()
+    return out
+
+
+def assert_exactly_once(kafka, kinesis, prefix: str, expected: dict[str, dict[int, dict]],
+                        kafka_modes: bool = True, kinesis_modes: bool = True, copies: int = 1) -> None:
+    """Each topic and stream holds every source row `copies` times, equal to the source, keyed by ind."""
+    for kind in EVENT_KINDS:
+        want = expected[kind]
+        if kafka_modes:
+            messages = kafka_messages(kafka, topic_name(prefix, kind))
+            assert len(messages) == copies * len(want), f"{topic_name(prefix, kind)}: {len(messages)} messages"
+            keys = Counter(int(k) for k, _, _ in messages)
+            assert set(keys) == set(want) and set(keys.values()) == {copies}
+            for key, value, _ in messages:
+                row = json.loads(value)
+                assert row == want[int(key)]
+                if kind in DATETIME_COLUMNS:
+                    assert ISO.match(row[DATETIME_COLUMNS[kind]]), row
+            assert len({p for _, _, p in messages}) > 1, "keys should spread over partitions"
+        if kinesis_modes:
+            records = kinesis_records(kinesis, stream_name(prefix, kind))
+            assert len(records) == copies * len(want), f"{stream_name(prefix, kind)}: {len(records)} records"
+            keys = Counter(int(k) for k, _, _ in records)
+            assert set(keys) == set(want) and set(keys.values()) == {copies}
+            for key, data, _ in records:
+                assert json.loads(data.decode("utf-8")) == want[int(key)]
+            assert len({s for _, _, s in records}) > 1, "partition keys should spread over shards"
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> tuple[str, Path, dict]:
+    path = tmp_path_factory.mktemp("emulator-source") / "source.db"
+    url = f"sqlite:///{path}"
+    counts = seed_source_database(url, EVENTS, seed=7, progress=False)
+    assert set(counts.values()) == {EVENTS}
+    return url, path, expected_rows(path)
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(emulator, "_backoff", lambda attempt, base=0.1, cap=5.0: 0.01)
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_both_delivers_exactly_n_and_redelivery_doubles(source, kafka, kinesis):
+    url, _, expected = source
+    prefix = unique_prefix()
+    report = emulate(url, "both", kafka, kinesis, prefix, progress=False, page_size=PAGE)
+    assert report.ok and report.events_read == EVENTS
+    assert report.sent == {**{topic_name(prefix, k): EVENTS for k in EVENT_KINDS},
+                           **{stream_name(prefix, k): EVENTS for k in EVENT_KINDS}}
+    assert report.total_failed == 0
+    assert report.last_key == max(expected["pin"])
+    assert_exactly_once(kafka, kinesis, prefix, expected)
+
+    # a second run without resume posts everything again: that is how redelivery is simulated
+    again = emulate(url, "both", kafka, kinesis, prefix, progress=False, page_size=PAGE)
+    assert again.ok and again.total_sent == 6 * EVENTS
+    assert_exactly_once(kafka, kinesis, prefix, expected, copies=2)
+
+
+def test_limit_then_resume_posts_every_event_once(source, kafka, kinesis, tmp_path):
+    url, _, expected = source
+    prefix = unique_prefix()
+    cursor = tmp_path / "cursor.json"
+    first = emulate(url, "both", kafka, kinesis, prefix, limit=500, cursor_path=cursor, progress=False,
+                    page_size=PAGE)
+    assert first.ok and first.events_read == 500
+    keys = sorted(expected["pin"])
+    assert read_cursor(cursor) == keys[499] == first.last_key
+    for kind in EVENT_KINDS:
+        assert len(kafka_messages(kafka, topic_name(prefix, kind))) == 500
+        assert len(kinesis_records(kinesis, stream_name(prefix, kind))) == 500
+
+    rest = emulate(url, "both", kafka, kinesis, prefix, cursor_path=cursor, resume=True, progress=False,
+                   page_size=PAGE)
+    assert rest.ok and rest.events_read == EVENTS - 500 and rest.first_key == keys[500]
+    assert read_cursor(cursor) == keys[-1]
+    assert_exactly_once(kafka, kinesis, prefix, expected)
+
+    # nothing left: a further resume posts nothing
+    nothing = emulate(url, "both", kafka, kinesis, prefix, cursor_path=cursor, resume=True, progress=False)
+    assert nothing.ok and nothing.events_read == 0 and nothing.total_sent == 0
+    assert_exactly_once(kafka, kinesis, prefix, expected)
+
+
+def test_rate_cap_is_respected(source, kafka):
+    url, _, _ = source
+    started = time.monotonic()
+    report = emulate(url, "batch", kafka, None, unique_prefix(), limit=60, rate=40, progress=False)
+    assert report.ok and report.events_read == 60
+    assert time.monotonic() - started >= 60 / 40 - 0.1
+
+
+def test_cursor_file_is_replaced_atomically(tmp_path):
+    cursor = tmp_path / "deep" / "cursor.json"
+    emulator.write_cursor(cursor, 41, mode="both")
+    emulator.write_cursor(cursor, 42, mode="both")
+    assert read_cursor(cursor) == 42
+    assert json.loads(cursor.read_text())["mode"] == "both"
+    assert [p.name for p in cursor.parent.iterdir()] == ["cursor.json"]  # no temp files left behind
+    assert read_cursor(tmp_path / "missing.json") is None
+
+
+class ThrottlingKinesisClient:
+    """A real moto Kinesis client whose PutRecords rejects some entries the way Kinesis does when throttled:
+    the rejected entries are not stored, and come back with ErrorCode/ErrorMessage (moto cannot throttle)."""
+
+    def __init__(self, client, reject_every: int = 3, failing_calls: int = 4, always_reject_key: str | None = None):
+        self._client = client
+        self.reject_every = reject_every
+        self.failing_calls = failing_calls
+        self.always_reject_key = always_reject_key
+        self.calls = 0
+        self.rejected = 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def put_records(self, StreamName, Records):  # noqa: N803 - boto3's argument names
+        self.calls += 1
+        reject = set()
+        for i, entry in enumerate(Records):
+            if entry["PartitionKey"] == self.always_reject_key:
+                reject.add(i)
+            elif self.calls <= self.failing_calls and i % self.reject_every == 0:
+                reject.add(i)
+        kept = [e for i, e in enumerate(Records) if i not in reject]
+        stored = iter(self._client.put_records(StreamName=StreamName, Records=kept)["Records"] if kept else [])
+        answers = []
+        for i in range(len(Records)):
+            if i in reject:
+                answers.append({"ErrorCode": "ProvisionedThroughputExceededException",
+                                "ErrorMessage": "Rate exceeded for shard (injected by the test)"})
+            else:
+                answers.append(next(stored))
+        self.rejected += len(reject)
+        return {"FailedRecordCount": len(reject), "Records": answers}
+
+
+class KinesisWithClient:
+    """Duck-typed KinesisResource handing out the throttling client."""
+
+    def __init__(self, kinesis, client):
+        self.kinesis, self._client = kinesis, client
+
+    def ensure_streams(self, streams):
+        self.kinesis.ensure_streams(streams)
+
+    def client(self):
+        return self._client
+
+
+def test_kinesis_partial_failures_are_retried_alone(source, kinesis, fast_backoff):
+    url, _, expected = source
+    prefix = unique_prefix()
+    flaky = ThrottlingKinesisClient(kinesis.client())
+    report = emulate(url, "stream", None, KinesisWithClient(kinesis, flaky), prefix, progress=False,
+                     page_size=PAGE)
+    assert flaky.rejected > 0 and sum(report.retried.values()) == flaky.rejected
+    assert report.ok and report.total_sent == 3 * EVENTS
+    # only the rejected entries were re-sent: nothing is missing and nothing is stored twice
+    assert_exactly_once(None, kinesis, prefix, expected, kafka_modes=False)
+
+
+def test_permanent_kinesis_failure_is_reported_not_lost(source, kinesis, fast_backoff, tmp_path):
+    url, _, expected = source
+    prefix = unique_prefix()
+    keys = sorted(expected["pin"])
+    poison = str(keys[PAGE + 10])  # in the second page
+    flaky = ThrottlingKinesisClient(kinesis.client(), failing_calls=0, always_reject_key=poison)
+    cursor = tmp_path / "cursor.json"
+    report = emulate(url, "stream", None, KinesisWithClient(kinesis, flaky), prefix, cursor_path=cursor,
+                     progress=False, page_size=PAGE)
+    assert not report.ok and report.stopped_early
+    assert report.failed == {stream_name(prefix, k): 1 for k in EVENT_KINDS}
+    assert any("ProvisionedThroughputExceededException" in e for e in report.errors)
+    assert "FAILED: 3 records were not delivered" in report.summary()
+    # the cursor stays at the last fully acknowledged page, so a resume re-posts the failed page
+    assert read_cursor(cursor) == keys[PAGE - 1] == report.last_key
+    assert report.events_read == 2 * PAGE
+
+    healed = emulate(url, "stream", None, kinesis, prefix, cursor_path=cursor, resume=True, progress=False,
+                     page_size=PAGE)
+    assert healed.ok and healed.first_key == keys[PAGE]
+    for kind in EVENT_KINDS:
+        stored = Counter(int(k) for k, _, _ in kinesis_records(kinesis, stream_name(prefix, kind)))
+        assert set(stored) == set(expected[kind])  # nothing lost ...
+        assert int(poison) in stored
+
+
+class DroppingProducer:
+    """Wraps a real producer: the first `drop` messages are not sent and their delivery reports say
+    the message timed out, as librdkafka reports a delivery that never got acknowledged."""
+
+    def __init__(self, producer, drop_every: int = 5, drop: int = 200):
+        self._producer = producer
+        self.drop_every, self.drop = drop_every, drop
+        self.seen = 0
+        self.dropped: list = []
+        self._due: list = []
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, **kwargs):
+        self.seen += 1
+        if len(self.dropped) < self.drop and self.seen % self.drop_every == 0:
+            from confluent_kafka import KafkaError
+
+            self.dropped.append(key)
+            self._due.append((on_delivery, KafkaError(KafkaError._MSG_TIMED_OUT, "injected: not acknowledged")))
+            return
+        self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **kwargs)
+
+    def _fire(self):
+        due, self._due = self._due, []
+        for callback, err in due:
+            callback(err, None)
+
+    def poll(self, timeout=None):
+        self._fire()
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout=None):
+        self._fire()
+        return self._producer.flush(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self._producer, name)
+
+
+def test_failed_kafka_deliveries_are_reproduced(source, kafka, fast_backoff):
+    url, _, expected = source
+    prefix = unique_prefix()
+    wrappers = []
+
+    class Flaky(type(kafka)):
+        def producer(self, **overrides):
+            wrappers.append(DroppingProducer(super().producer(**overrides)))
+            return wrappers[-1]
+
+    report = emulate(url, "batch", Flaky(**kafka.model_dump()), None, prefix, progress=False, page_size=PAGE)
+    assert len(wrappers[0].dropped) == 200
+    assert sum(report.retried.values()) == 200 and report.ok
+    assert_exactly_once(kafka, None, prefix, expected, kinesis_modes=False)
+
+
+def test_broker_restart_mid_run_loses_nothing(source, tmp_path, monkeypatch):
+    """Stop the Kafka broker of a private stack while emulating, start it again: every event arrives."""
+    from pinterest_platform.local_stack import LocalStack, procs
+    from pinterest_platform.resources.kafka import LocalKafkaResource
+
+    url, _, expected = source
+    for env in ("KAFKA_BOOTSTRAP_SERVERS", "AWS_ENDPOINT_URL", "PINTEREST_KAFKA_PORT",
+                "PINTEREST_KAFKA_CONTROLLER_PORT", "PINTEREST_MOTO_PORT"):
+        monkeypatch.delenv(env, raising=False)
+    stack = LocalStack(tmp_path / "private-state")
+    try:
+        endpoints = stack.up(timeout=120)
+        kafka = LocalKafkaResource(bootstrap_servers=endpoints["kafka_bootstrap_servers"])
+        prefix = unique_prefix()
+        result: dict = {}
+
+        def run():
+            try:
+                result["report"] = emulate(url, "batch", kafka, None, prefix, rate=300, progress=False,
+                                           page_size=50)
+            except BaseException as exc:  # surfaced by the assertion below
+                result["error"] = exc
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(1.5)  # mid-run: roughly 450 of the 1,200 events posted
+        state = json.loads((stack.state_path).read_text())
+        kafka_pid = state["components"]["kafka"]["pid"]
+        assert procs.stop(kafka_pid) in ("terminated", "killed")
+        time.sleep(2.0)
+        assert stack.up(timeout=120)["kafka_bootstrap_servers"] == endpoints["kafka_bootstrap_servers"]
+        worker.join(timeout=240)
+        assert not worker.is_alive(), "emulator did not finish after the broker came back"
+        assert "error" not in result, result.get("error")
+        report = result["report"]
+        print(report.summary())
+        assert report.ok, report.summary()
+        assert report.events_read == EVENTS
+        for kind in EVENT_KINDS:
+            messages = kafka_messages(kafka, topic_name(prefix, kind))
+            keys = Counter(int(k) for k, _, _ in messages)
+            assert set(keys) == set(expected[kind])   # nothing lost
+            if not report.retried:                    # idempotent producer: no duplicates either
+                assert len(messages) == EVENTS
+    finally:
+        stack.down()
+
+
+def test_emulate_command_prints_summary_and_exit_code(source, kafka, kinesis, monkeypatch, capsys):
+    url, _, _ = source
+    prefix = unique_prefix()
+    monkeypatch.setenv("PINTEREST_SOURCE_DB_URL", url)
+    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
+    args = argparse.Namespace(mode="both", all=False, limit=25, rate=None, via="direct", invoke_url=None,
+                              api_key=None, resume=False, no_progress=True)
+    assert emulator.emulate_command(args) == 0
+    out = capsys.readouterr().out
+    assert f"{topic_name(prefix, 'pin')}" in out and "sent        25" in out
+    args.all, args.resume = True, True
+    assert emulator.emulate_command(args) == 0
+    assert f"{stream_name(prefix, 'geo')}" in capsys.readouterr().out
+    for kind in EVENT_KINDS:
+        assert len(kafka_messages(kafka, topic_name(prefix, kind))) == EVENTS
+        assert len(kinesis_records(kinesis, stream_name(prefix, kind))) == EVENTS
+
+
+def test_post_events_asset_reports_counts(source, kafka, kinesis, monkeypatch):
+    import dagster as dg
+
+    from pinterest_platform.assets.ingestion import KAFKA_TOPIC_SPECS, KINESIS_STREAM_SPECS, post_events
+    from pinterest_platform.resources.source_db import SqliteSourceDatabase
+
+    url, _, _ = source
+    prefix = unique_prefix()
+    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
+    result = dg.materialize(
+        [post_events], resources={"kafka": kafka, "kinesis": kinesis, "source_db": SqliteSourceDatabase(url=url)},
+        run_config={"ops": {"ingestion__posted_events": {"config": {"mode": "both", "limit": 30}}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("ingestion__posted_events")[0].metadata
+    assert metadata["events_read"].value == 30
+    assert metadata["records_sent"].value == 180 and metadata["records_failed"].value == 0
+    assert len(kafka_messages(kafka, topic_name(prefix, "user"))) == 30
+
+    assert [s.key.path for s in KAFKA_TOPIC_SPECS] == [["kafka", k] for k in EVENT_KINDS]
+    assert [s.key.path for s in KINESIS_STREAM_SPECS] == [["kinesis", k] for k in EVENT_KINDS]
+    sources = [[["source", "pinterest_data"]], [["source", "geolocation_data"]], [["source", "user_data"]]]
+    assert [[d.asset_key.path for d in s.deps] for s in KAFKA_TOPIC_SPECS] == sources
+    assert [[d.asset_key.path for d in s.deps] for s in KINESIS_STREAM_SPECS] == sources
+    assert all(s.group_name == "kafka" and s.kinds == {"kafka"} for s in KAFKA_TOPIC_SPECS)
+    assert all(s.group_name == "kinesis" and s.kinds == {"kinesis"} for s in KINESIS_STREAM_SPECS)
+
+
+@pytest.mark.mysql
+def test_mariadb_source_delivers_exactly_n(mariadb_url, kafka, kinesis, tmp_path):
+    """The same exactly-N check with the source in MariaDB (quoted `index`, server-side streaming)."""
+    import sqlalchemy as sa
+
+    from pinterest_platform.datagen import source_engine
+
+    n = 300
+    assert set(seed_source_database(mariadb_url, n, seed=11, progress=False).values()) == {n}
+    # the expected rows, read back through SQLite so the same independent reader compares them
+    copy = tmp_path / "copy.db"
+    seed_source_database(f"sqlite:///{copy}", n, seed=11, progress=False)
+    expected = expected_rows(copy)
+    engine = source_engine(mariadb_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM pinterest_data")).scalar_one() == n
+    engine.dispose()
+    prefix = unique_prefix()
+    report = emulate(mariadb_url, "both", kafka, kinesis, prefix, progress=False, page_size=120)
+    assert report.ok and report.events_read == n
+    assert_exactly_once(kafka, kinesis, prefix, expected)
