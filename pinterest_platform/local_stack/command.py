@@ -1,0 +1,55 @@
+"""`pinterest-platform stack up|down|status`: the CLI face of `LocalStack` (the lead's cli.py dispatches here)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from pinterest_platform.local_stack.stack import LocalStack
+
+
+def _print_status(report: dict) -> None:
+    rows = [("component", "healthy", "pid", "endpoint", "log")]
+    for name, item in report.items():
+        healthy = "yes" if item["healthy"] else "NO"
+        if item.get("external"):
+            healthy += " (external)"
+        rows.append((name, healthy, str(item["pid"] or "-"), item["endpoint"] or "-", item["log"] or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for name, item in report.items():
+        if not item["healthy"] and item.get("error"):
+            print(f"{name}: {item['error']}")
+
+
+def stack_command(args) -> int:
+    """Run `args.action` (up | down | status); optional `args.timeout` (s) and `args.state_dir`."""
+    stack = LocalStack(getattr(args, "state_dir", None))
+    action = args.action
+    if action == "up":
+        timeout = getattr(args, "timeout", None) or 60
+        started = time.monotonic()
+        try:
+            endpoints = stack.up(timeout=timeout)
+        except RuntimeError as exc:
+            print(f"stack up failed: {exc}", file=sys.stderr)
+            return 1
+        elapsed = time.monotonic() - started
+        report = stack.status()
+        _print_status(report)
+        print()
+        for key, value in endpoints.items():
+            print(f"{key} = {value}")
+        print(f"stack up in {elapsed:.1f} s (state: {stack.state_path})")
+        return 0 if all(item["healthy"] for item in report.values()) else 1
+    if action == "down":
+        for name, outcome in stack.down().items():
+            print(f"{name}: {outcome}")
+        return 0
+    if action == "status":
+        report = stack.status()
+        _print_status(report)
+        return 0 if all(item["healthy"] for item in report.values()) else 1
+    print(f"unknown stack action {action!r}: expected up, down or status", file=sys.stderr)
+    return 2

@@ -1,0 +1,231 @@
+"""`LocalStack`: starts, health-checks and stops the embedded Kafka broker and moto server.
+
+State lives in `<state_dir>/stack/state.json` as `{"endpoints": {...}, "components": {...}}`. The endpoints
+are what resources fall back to when no endpoint is configured (`Settings.stack_endpoints()`); the
+components record ports (stable across down/up), and the PID and start-time fingerprint of every process
+the stack started, which is all `down` will ever signal."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from pinterest_platform.local_stack import procs
+from pinterest_platform.local_stack.components import Component, KafkaBroker, MotoServer, kafka_metadata_error
+from pinterest_platform.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_KEYS = {"kafka": "kafka_bootstrap_servers", "moto": "aws_endpoint_url"}
+
+
+class LocalStack:
+    """The embedded servers of the `local` profile. `up` is idempotent; `down` stops only what `up` started."""
+
+    def __init__(self, state_dir: Path | str | None = None):
+        self.state_dir = Path(state_dir).resolve() if state_dir else load_settings().state_dir
+        self.stack_dir = self.state_dir / "stack"
+        self.state_path = self.stack_dir / "state.json"
+        self.components: dict[str, Component] = {
+            "kafka": KafkaBroker(self.stack_dir), "moto": MotoServer(self.stack_dir)}
+
+    # --- public API ------------------------------------------------------------------------------
+
+    def up(self, timeout: float = 60) -> dict:
+        """Start what is not running, wait until everything is healthy, return the endpoints."""
+        deadline = time.monotonic() + timeout
+        with self._lock():
+            state = self._load()
+            records = state.setdefault("components", {})
+            external = self._external_kafka()
+            wanted = [c for c in self.components.values() if not (c.name == "kafka" and external)]
+
+            to_start: list[Component] = []
+            taken: set[int] = set()  # ports of running components and of those assigned below
+            reserved: set[int] = set()  # every recorded port: never handed out fresh to another component
+            for comp in wanted:
+                record = records.setdefault(comp.name, {})
+                ports = {int(v) for k, v in record.items() if k in comp.port_envs and v}
+                reserved |= ports
+                if procs.is_ours(record):
+                    self._check_running_ports(comp, record)
+                    taken |= ports
+                else:
+                    if record.get("pid"):
+                        log.info("%s: forgetting stale pid %s (process gone)", comp.name, record["pid"])
+                    self._forget_process(record)
+                    to_start.append(comp)
+
+            for comp in to_start:
+                comp.preflight()
+                self._assign_ports(comp, records[comp.name], taken, reserved)
+
+            started: list[Component] = []
+            try:
+                # moto first: Kafka's one-time log-dir format takes a JVM start, moto boots meanwhile
+                for comp in sorted(to_start, key=lambda c: c.name != "moto"):
+                    record = records[comp.name]
+                    comp.prepare(record)
+                    cmd = comp.command(record)
+                    pid = procs.spawn(cmd, cwd=comp.dir, log_path=comp.console_log)
+                    record.update(pid=pid, fingerprint=procs.fingerprint(pid), marker=comp.marker(record),
+                                  command=cmd, log=str(comp.log_path), started_at=time.time())
+                    started.append(comp)
+                    # recorded before waiting, so even if this process dies now `down` can stop it
+                    self._save(state)
+                self._wait_healthy(wanted, records, deadline, timeout)
+            except BaseException:
+                for comp in started:
+                    procs.stop(records[comp.name]["pid"])
+                    self._forget_process(records[comp.name])
+                self._save(state)
+                raise
+
+            endpoints = {ENDPOINT_KEYS[c.name]: c.endpoint(records[c.name]) for c in wanted}
+            if external:
+                endpoints["kafka_bootstrap_servers"] = external
+            state["endpoints"] = {key: endpoints[key] for key in ENDPOINT_KEYS.values() if key in endpoints}
+            self._save(state)
+            return dict(state["endpoints"])
+
+    def down(self) -> dict:
+        """Stop every process this stack recorded (SIGTERM, then SIGKILL after 10 s). Returns what happened."""
+        with self._lock():
+            state = self._load()
+            records = state.setdefault("components", {})
+            result = {}
+            for name in self.components:
+                record = records.get(name, {})
+                pid = record.get("pid")
+                if not pid:
+                    result[name] = "not running"
+                elif procs.is_ours(record):
+                    result[name] = f"stopped pid {pid} ({procs.stop(pid)})"
+                else:
+                    result[name] = f"forgot stale pid {pid} (process gone or no longer ours)"
+                self._forget_process(record)
+            external = self._external_kafka()
+            if external and result.get("kafka") == "not running":
+                result["kafka"] = f"external broker {external} left alone"
+            state["endpoints"] = {}
+            if self.state_path.exists() or records:
+                self._save(state)
+            return result
+
+    def status(self) -> dict:
+        """Per component: healthy, pid, endpoint, log (and error when unhealthy)."""
+        records = self._load().get("components", {})
+        external = self._external_kafka()
+        report = {}
+        for name, comp in self.components.items():
+            if name == "kafka" and external:
+                error = kafka_metadata_error(external, timeout=5.0)
+                report[name] = {"healthy": error is None, "pid": None, "endpoint": external, "log": None,
+                                "external": True, "error": error}
+                continue
+            record = records.get(name, {})
+            alive = procs.is_ours(record)
+            endpoint = comp.endpoint(record) if record.get("port") else None
+            error = comp.check(endpoint, timeout=5.0) if alive else "not running"
+            report[name] = {"healthy": alive and error is None, "pid": record.get("pid") if alive else None,
+                            "endpoint": endpoint, "log": str(comp.log_path), "error": error}
+        return report
+
+    def endpoints(self) -> dict:
+        return dict(self._load().get("endpoints", {}))
+
+    # --- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _external_kafka() -> str | None:
+        return load_settings().kafka_bootstrap_servers
+
+    def _load(self) -> dict:
+        if not self.state_path.exists():
+            return {"endpoints": {}, "components": {}}
+        try:
+            return json.loads(self.state_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"{self.state_path} is not valid JSON ({exc}). Stop any stack processes "
+                               "listed in it by hand, then delete it.") from exc
+
+    def _save(self, state: dict) -> None:
+        self.stack_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.state_path)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """One `up`/`down` at a time per state dir (two terminals, or tests racing the CLI)."""
+        import fcntl
+
+        self.stack_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.stack_dir / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _forget_process(record: dict) -> None:
+        for key in ("pid", "fingerprint", "started_at"):
+            record.pop(key, None)
+
+    @staticmethod
+    def _check_running_ports(comp: Component, record: dict) -> None:
+        for key, env in comp.port_envs.items():
+            wanted = os.environ.get(env)
+            if wanted and str(record.get(key)) != wanted:
+                raise RuntimeError(
+                    f"{comp.name} is already running (pid {record['pid']}) on port {record.get(key)}, but "
+                    f"{env}={wanted}. Run `pinterest-platform stack down` first to move it.")
+
+    def _assign_ports(self, comp: Component, record: dict, taken: set[int], reserved: set[int]) -> None:
+        for key, (port, source) in comp.resolve_ports(record, taken | reserved).items():
+            if port in taken:
+                raise RuntimeError(f"{comp.name}: port {port} ({source}) is already assigned to another stack "
+                                   f"component; set {comp.port_envs[key]} to a different port.")
+            if procs.port_in_use(port):
+                raise RuntimeError(
+                    f"{comp.name} cannot start: port {port} on 127.0.0.1 ({source}) is already in use by "
+                    f"another process. Free it or set {comp.port_envs[key]} to another port "
+                    f"(state: {self.state_path}; log: {comp.log_path}).")
+            record[key] = port
+            taken.add(port)
+
+    def _wait_healthy(self, comps: list[Component], records: dict, deadline: float, timeout: float) -> None:
+        pending = {c.name: c for c in comps}
+        errors: dict[str, str] = {}
+        while pending:
+            for name, comp in list(pending.items()):
+                record = records[name]
+                if not procs.is_ours(record):
+                    code = procs.exit_code(record.get("pid"))
+                    raise RuntimeError(
+                        f"{name} exited during start-up (pid {record.get('pid')}"
+                        f"{'' if code is None else f', exit code {code}'}). See {comp.log_path}.\n"
+                        + self._log_tails(comp))
+                remaining = deadline - time.monotonic()
+                error = comp.check(comp.endpoint(record), timeout=max(0.5, min(3.0, remaining)))
+                if error is None:
+                    pending.pop(name)
+                else:
+                    errors[name] = error
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                name, comp = next(iter(pending.items()))
+                raise RuntimeError(
+                    f"{name} (pid {records[name].get('pid')}) was not healthy within {timeout:.0f} s: "
+                    f"{errors.get(name)}. See {comp.log_path}.\n" + self._log_tails(comp))
+            time.sleep(0.25)
+
+    @staticmethod
+    def _log_tails(comp: Component) -> str:
+        return "\n".join(f"--- last lines of {path} ---\n{procs.tail(path)}" for path in comp.logs())
