@@ -1,0 +1,237 @@
+"""Cleaning of posting events (DATA_CONTRACT.md §3): raw JSON records in, typed contract rows out.
+
+Pure PySpark, shared by the batch job and the streaming query: DataFrame in, DataFrame out, no I/O, only
+native Spark functions. `clean` types every record and gives each a `_reason` (null when it is clean);
+`cleaned_rows` and `quarantine_rows` split the result into the contract table and the quarantine, and
+`latest_per_key` keeps one row per `ind`.
+
+Records are `value` (the JSON text of one source row), `source` (topic or stream) and `origin` (raw file
+path or shard/sequence). Any further input columns are passed through untouched after `_origin`, so a
+caller can order by them in `latest_per_key` (e.g. a Kafka offset).
+
+Cleaning rules decided beyond the contract's words (pinterest_platform_tests/reference.py implements the
+same rules in plain Python):
+- whitespace means ASCII whitespace (Java's and ASCII Python's `\\s`); placeholders and blanks are found
+  after trimming it, but a kept value is never trimmed (poster names may end in a space);
+- the placeholder/blank rule applies to every field before typing, so a placeholder `age` is a null age;
+- malformed JSON means not strict JSON: single quotes, duplicate keys or text after the object included;
+- integers (`ind`, `age`) are optionally signed digit strings or JSON integers, nothing else (`7.0` is not);
+- follower counts are digits with an optional fraction and an optional k/K/m/M suffix, rounded half up;
+- latitude and longitude are finite decimal numbers (exponent allowed), as JSON numbers or strings;
+- datetimes are `yyyy-MM-dd` + `T` or space + `HH:mm:ss` + up to 9 fractional digits (kept to the
+  microsecond), no zone (they are UTC);
+- a record with several problems gets all of them in `_reason`, joined by `; `.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pinterest_platform import contract
+
+RECORD_COLUMNS = ("value", "source", "origin")
+META_COLUMNS = ("_reason", "_raw", "_source", "_origin")
+
+# Java regex `\s`; the reference strips exactly these characters too
+WHITESPACE = " \t\n\r\x0b\x0c"
+
+INTEGER_PATTERN = r"^[+-]?[0-9]+$"
+COUNT_PATTERN = r"^([0-9]+)(\.([0-9]+))?([kKmM]?)$"
+NUMBER_PATTERN = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# year 0000 parses in Spark but is no date (and none in Python)
+DATETIME_PATTERN = r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?$"
+
+MALFORMED_JSON = "malformed JSON"
+NOT_AN_OBJECT = "not a JSON object"
+
+
+def _trimmed(c: Column) -> Column:
+    return F.btrim(c, F.lit(WHITESPACE))
+
+
+def _text(c: Column) -> Column:
+    """The value as received, or null for a placeholder or a blank string."""
+    trimmed = _trimmed(c)
+    return F.when((trimmed == "") | trimmed.isin(*contract.ALL_PLACEHOLDERS), F.lit(None)).otherwise(c)
+
+
+def _problem(name: str, received: Column, valid: Column, what: str) -> Column:
+    """`<name> '<received>' is not <what>` where a value was received but is not valid, else null."""
+    message = F.concat(F.lit(f"{name} '"), received, F.lit(f"' is not {what}"))
+    return F.when(received.isNotNull() & ~F.coalesce(valid, F.lit(False)), message)
+
+
+def _integer(text: Column) -> Column:
+    trimmed = _trimmed(text)
+    return F.when(trimmed.rlike(INTEGER_PATTERN), trimmed.try_cast(T.IntegerType()))
+
+
+def _follower_count(text: Column) -> Column:
+    """`437`, `26k`, `1.5k`, `6M` -> long, in decimal arithmetic, rounded half up; null when not a count.
+
+    Rounding half up to an integer depends only on the first digit after the shifted point, so keeping
+    7 fractional digits (enough for the x1,000,000 shift) gives the exact answer; decimal(30,7) times
+    decimal(7,0) then stays within Spark's 38 digits, so no intermediate rounding happens."""
+    trimmed = _trimmed(text)
+    matched = trimmed.rlike(COUNT_PATTERN)
+    whole = F.regexp_extract(trimmed, COUNT_PATTERN, 1)
+    fraction = F.rpad(F.substring(F.regexp_extract(trimmed, COUNT_PATTERN, 3), 1, 7), 7, "0")
+    suffix = F.lower(F.regexp_extract(trimmed, COUNT_PATTERN, 4))
+    number = F.concat(whole, F.lit("."), fraction).try_cast(T.DecimalType(30, 7))
+    factor = F.when(suffix == "k", 1000).when(suffix == "m", 1_000_000).otherwise(1).cast(T.DecimalType(7, 0))
+    return F.when(matched, F.round(number * factor, 0).try_cast(T.LongType()))
+
+
+def _double(text: Column) -> Column:
+    trimmed = _trimmed(text)
+    value = trimmed.try_cast(T.DoubleType())
+    # Spark's cast also takes `NaN`, `Infinity` and `1.5d`; the pattern and the bound keep plain finite numbers
+    return F.when(trimmed.rlike(NUMBER_PATTERN) & (F.abs(value) <= F.lit(sys.float_info.max)), value)
+
+
+def _timestamp(text: Column) -> Column:
+    trimmed = _trimmed(text)
+    # the `Z` makes the instant UTC whatever the session time zone is
+    return F.when(trimmed.rlike(DATETIME_PATTERN), F.concat(trimmed, F.lit("Z")).try_cast(T.TimestampType()))
+
+
+def _save_location(text: Column) -> Column:
+    prefix = contract.SAVE_LOCATION_PREFIX
+    path = F.ltrim(F.substring(text, len(prefix) + 1, 1 << 30), F.lit(WHITESPACE))
+    return F.nullif(F.when(text.startswith(prefix), path).otherwise(text), F.lit(""))
+
+
+def parse_records(kind: str, records: DataFrame) -> DataFrame:
+    """Records -> the source row's fields as received (strings, source column names), `_reason`
+    (`malformed JSON`, `not a JSON object` or null), `_raw`, `_source`, `_origin`, then any extra columns."""
+    wire = contract.WIRE_SCHEMAS[kind]
+    missing = [c for c in RECORD_COLUMNS if c not in records.columns]
+    if missing:
+        raise ValueError(f"records lack column(s) {missing}; they need {list(RECORD_COLUMNS)}")
+    extra = [c for c in records.columns if c not in RECORD_COLUMNS]
+    clashes = sorted(set(extra) & (set(wire.fieldNames()) | set(META_COLUMNS) | {"_row"}))
+    if clashes:
+        raise ValueError(f"records carry column(s) {clashes} that cleaning produces itself")
+    value = F.col("value")
+    # try_parse_json ignores text after the first JSON value ("{...} junk"), and so does
+    # json_array_length after the array's end. Wrapped as `[value]` a well-formed object is an array of
+    # one element, and as `[value,0]` an array of two: trailing text breaks one of the two.
+    elements = F.try_variant_get(F.try_parse_json(F.concat(F.lit("["), value, F.lit("]"))), "$", "array<variant>")
+    well_formed = (F.coalesce(F.size(elements) == 1, F.lit(False))
+                   & F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))) == 2, F.lit(False)))
+    is_object = F.schema_of_variant(F.try_element_at(elements, F.lit(1))).startswith("OBJECT")
+    reason = F.when(~well_formed, F.lit(MALFORMED_JSON)).when(~is_object, F.lit(NOT_AN_OBJECT))
+    return records.select(
+        F.from_json(value, wire).alias("_row"),
+        reason.alias("_reason"), value.alias("_raw"), F.col("source").alias("_source"),
+        F.col("origin").alias("_origin"), *extra,
+    ).select(*[F.col("_row")[c].alias(c) for c in wire.fieldNames()], *META_COLUMNS, *extra)
+
+
+def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
+    """The contract columns of `kind` and the problems that send a record to quarantine, from the wire
+    fields with placeholders and blanks already nulled."""
+    text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
+    key = text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]]
+    ind = _integer(key)
+    problems = [F.when(key.isNull(), F.lit("missing ind")), _problem("ind", key, ind.isNotNull(), "an integer")]
+    if kind == "pin":
+        follower_count = _follower_count(text["follower_count"])
+        problems.append(_problem("follower_count", text["follower_count"], follower_count.isNotNull(), "a count"))
+        columns = {c: text[c] for c in contract.CLEANED_COLUMNS["pin"] if c in text}
+        columns.update(follower_count=follower_count, save_location=_save_location(text["save_location"]))
+    elif kind == "geo":
+        latitude, longitude = _double(text["latitude"]), _double(text["longitude"])
+        timestamp = _timestamp(text["timestamp"])
+        problems += [_problem("latitude", text["latitude"], latitude.isNotNull(), "a number"),
+                     _problem("longitude", text["longitude"], longitude.isNotNull(), "a number"),
+                     _problem("timestamp", text["timestamp"], timestamp.isNotNull(), "a datetime")]
+        coordinates = F.when(latitude.isNotNull() & longitude.isNotNull(), F.array(latitude, longitude))
+        columns = {"country": text["country"], "coordinates": coordinates, "timestamp": timestamp}
+    elif kind == "user":
+        age, date_joined = _integer(text["age"]), _timestamp(text["date_joined"])
+        problems += [_problem("age", text["age"], age.isNotNull(), "an integer"),
+                     _problem("date_joined", text["date_joined"], date_joined.isNotNull(), "a datetime")]
+        user_name = F.concat(text["first_name"], F.lit(" "), text["last_name"])
+        columns = {"user_name": user_name, "age": age, "date_joined": date_joined}
+    else:
+        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(contract.EVENT_KINDS)}")
+    columns["ind"] = ind
+    schema = contract.CLEANED_SCHEMAS[kind]
+    return [columns[f.name].cast(f.dataType).alias(f.name) for f in schema], problems
+
+
+def clean(kind: str, records: DataFrame) -> DataFrame:
+    """Records (`value`, `source`, `origin`, extras) -> the contract columns of `kind`, typed, then
+    `_reason` (null when clean), `_raw`, `_source`, `_origin` and the extra input columns."""
+    wire = contract.WIRE_SCHEMAS[kind].fieldNames()
+    parsed = parse_records(kind, records)
+    rest = [c for c in parsed.columns if c not in wire]
+    # a projection of its own, so the typing below reads each nulled field instead of repeating its test
+    texts = parsed.select(*[_text(F.col(c)).alias(c) for c in wire], *rest)
+    columns, problems = _typed_columns(kind)
+    # a record that is no JSON object has no fields to complain about
+    reason = F.coalesce(F.col("_reason"), F.nullif(F.concat_ws("; ", *problems), F.lit("")))
+    return texts.select(*columns, reason.alias("_reason"), *[c for c in rest if c != "_reason"])
+
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """`schema`'s columns, in its order, with its types and nullability.
+
+    Types must already match (a mismatch is a bug, not something to cast away). Spark marks aggregates
+    such as count() non-nullable; the identity `when(c is not null, c)` lets them match a nullable field.
+    A non-nullable field must hold no nulls already: `coalesce` with a typed zero only declares that."""
+    have = {f.name: f for f in df.schema}
+    columns = []
+    for field in schema:
+        if field.name not in have:
+            raise ValueError(f"column {field.name!r} missing; have {df.columns}")
+        got = have[field.name]
+        if got.dataType != field.dataType:
+            raise TypeError(f"column {field.name!r} is {got.dataType.simpleString()}, "
+                            f"the contract says {field.dataType.simpleString()}")
+        c = F.col(field.name)
+        if field.nullable and not got.nullable:
+            c = F.when(c.isNotNull(), c)
+        elif not field.nullable and got.nullable:
+            c = F.coalesce(c, F.lit("" if isinstance(field.dataType, T.StringType) else 0).cast(field.dataType))
+        columns.append(c.alias(field.name))
+    return df.select(*columns)
+
+
+def cleaned_rows(kind: str, cleaned_df: DataFrame) -> DataFrame:
+    """The clean records of `clean`'s output: exactly the contract columns, order and types of `kind`."""
+    # a clean record always has its ind; testing it too backs conform's non-null declaration of ind
+    clean_rows = cleaned_df.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
+    return conform(clean_rows, contract.CLEANED_SCHEMAS[kind])
+
+
+def quarantine_rows(kind: str, cleaned_df: DataFrame) -> DataFrame:
+    """The records of `clean`'s output that have a reason, shaped as `contract.QUARANTINE_SCHEMA`."""
+    rows = cleaned_df.where(F.col("_reason").isNotNull()).select(
+        F.coalesce(F.col("_source"), F.lit("unknown")).alias("source"),
+        F.lit(kind).alias("kind"),
+        F.col("_reason").alias("reason"),
+        F.col("_raw").alias("raw"),
+        F.col("_origin").cast(T.StringType()).alias("origin"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+    return conform(rows, contract.QUARANTINE_SCHEMA)
+
+
+def latest_per_key(df: DataFrame, key: str = "ind", order_by: Sequence[str | Column] = ()) -> DataFrame:
+    """One row per `key`: the greatest by `order_by` (each descending, nulls last), then by the whole row,
+    so the choice never depends on partitioning or arrival order within a batch. Row-number windows do
+    not run on a streaming DataFrame: apply it per micro-batch (foreachBatch).
+
+    Give it clean rows only (`_reason` null): a quarantined re-post must not hide an earlier good one."""
+    tie_break = [F.col(c).asc_nulls_first() for c in df.columns if c != key]
+    ordering = [(F.col(c) if isinstance(c, str) else c).desc_nulls_last() for c in order_by]
+    window = Window.partitionBy(key).orderBy(*ordering, *tie_break)
+    rank = "__latest_rank"
+    return df.withColumn(rank, F.row_number().over(window)).where(F.col(rank) == 1).drop(rank)
