@@ -56,10 +56,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     for name, count in rows:
         print(f"  tables/{name:<{width}}  {'-' if count is None else count:>9} rows")
     failed_checks = [
-        e.event_specific_data.asset_check_evaluation.check_name  # type: ignore[union-attr]
+        f"{e.event_specific_data.asset_key.to_user_string()}:{e.event_specific_data.check_name}"
         for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-        and not e.event_specific_data.asset_check_evaluation.passed  # type: ignore[union-attr]
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
     ]
     status = "succeeded" if result.success else "FAILED"
     print(f"\nbatch run {result.run_id} {status} in {time.monotonic() - started:.1f}s"

@@ -65,6 +65,8 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
     quarantine_uri = f"{tables_root}/{contract.QUARANTINE_TABLE}"
     results: dict[str, Any] = {}
     manifest_rows = []
+    # an empty quarantine is a statement too ("nothing was rejected"), so the table always exists
+    _ensure_table(spark, quarantine_uri, contract.QUARANTINE_SCHEMA)
     for kind in contract.EVENT_KINDS:
         files = params["files"].get(kind) or []
         table_uri = f"{tables_root}/{kind}"
