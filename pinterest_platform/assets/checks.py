@@ -45,9 +45,11 @@ def category_known(table: pa.Table) -> tuple[bool, dict]:
 def coordinates_in_range(table: pa.Table) -> tuple[bool, dict]:
     coordinates = table.column("coordinates").combine_chunks()
     valid = pc.drop_null(coordinates)
-    wrong_length = pc.sum(pc.not_equal(pc.list_value_length(valid), 2)).as_py() or 0
-    lat = pc.list_element(valid, 0) if len(valid) else pa.array([], pa.float64())
-    lon = pc.list_element(valid, 1) if len(valid) else pa.array([], pa.float64())
+    pairs_mask = pc.equal(pc.list_value_length(valid), 2)
+    wrong_length = len(valid) - (pc.sum(pairs_mask).as_py() or 0)
+    pairs = pc.filter(valid, pairs_mask)
+    lat = pc.list_element(pairs, 0) if len(pairs) else pa.array([], pa.float64())
+    lon = pc.list_element(pairs, 1) if len(pairs) else pa.array([], pa.float64())
     bad_lat = pc.sum(pc.or_(pc.less(lat, -90), pc.greater(lat, 90))).as_py() or 0
     bad_lon = pc.sum(pc.or_(pc.less(lon, -180), pc.greater(lon, 180))).as_py() or 0
     return wrong_length + bad_lat + bad_lon == 0, {"wrong_length": wrong_length, "latitude_out_of_range": bad_lat,
