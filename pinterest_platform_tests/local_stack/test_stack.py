@@ -226,3 +226,11 @@ def test_missing_java_is_a_clear_error(stack_env, monkeypatch, tmp_path):
         java_executable()
     with pytest.raises(RuntimeError, match="Java 17 is required"):
         LocalStack(tmp_path / "state").up(timeout=10)
+
+
+def test_cluster_ids_never_look_like_options():
+    from pinterest_platform.local_stack.components import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
