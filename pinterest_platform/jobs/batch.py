@@ -32,7 +32,10 @@ def upsert_by_ind(spark, uri: str, rows, schema) -> None:
     """MERGE rows (one per ind) into the Delta table at uri, creating it with the contract schema."""
     from delta.tables import DeltaTable
 
-    _ensure_table(spark, uri, schema)
+    if not _table_exists(spark, uri):
+        # first load: nothing to match against, so a plain write skips MERGE's join
+        rows.write.format("delta").mode("errorifexists").save(uri)
+        return
     columns = schema.fieldNames()
     (DeltaTable.forPath(spark, uri).alias("t")
         .merge(rows.alias("s"), "t.ind = s.ind")
@@ -82,19 +85,22 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
         records = records.where(F.trim(F.col("value")) != "")
         topics = sorted(set(topic_of.values()))
         records = records.withColumn("source", F.lit(topics[0]) if len(topics) == 1 else F.lit(",".join(topics)))
+        # counted on the raw lines, independently of cleaning, so the conservation check can catch a
+        # record that cleaning lost or multiplied
+        read = records.count()
         cleaned = clean(kind, records).persist()
-        good = cleaned.where(F.col("_reason").isNull())
-        read = cleaned.count()
-        clean_count = good.count()
+        good = cleaned.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
+        tally = cleaned.agg(F.count(F.when(F.col("_reason").isNull() & F.col("ind").isNotNull(), 1)).alias("clean"),
+                            F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined")).first()
+        clean_count, quarantined = int(tally["clean"]), int(tally["quarantined"])
         deduplicated = cleaned_rows(kind, latest_per_key(good, key="ind", order_by=["_origin", "_raw"]))
         deduplicated = deduplicated.persist()
         upserted = deduplicated.count()
-        quarantined_df = quarantine_rows(kind, cleaned).persist()
-        quarantined = quarantined_df.count()
+        quarantined_df = quarantine_rows(kind, cleaned)
         upsert_by_ind(spark, table_uri, deduplicated, contract.CLEANED_SCHEMAS[kind])
         if quarantined:
             append_quarantine(spark, quarantine_uri, quarantined_df)
-        for df in (cleaned, deduplicated, quarantined_df):
+        for df in (cleaned, deduplicated):
             df.unpersist()
         results[kind] = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
                          "duplicates": clean_count - upserted, "quarantined": quarantined,
@@ -109,12 +115,6 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
                                T.StructField("kind", T.StringType())])
         (spark.createDataFrame(manifest_rows, schema).withColumn("processed_at", F.current_timestamp())
          .write.format("delta").mode("append").save(params["manifest_uri"]))
-    for kind in contract.EVENT_KINDS:
-        uri = f"{tables_root}/{kind}"
-        results[kind]["table_rows"] = (spark.read.format("delta").load(uri).count()
-                                       if _table_exists(spark, uri) else 0)
-    results["quarantine_rows"] = (spark.read.format("delta").load(quarantine_uri).count()
-                                  if _table_exists(spark, quarantine_uri) else 0)
     return results
 
 
