@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -153,27 +154,36 @@ def _jsonable(value: Any) -> Any:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
+DATETIME_COLUMNS = frozenset({"timestamp", "date_joined"})
+_SPACE_SEPARATED_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
+
 def _source_tables(engine) -> dict[str, Any]:
-    """SQLAlchemy Tables of the three source tables: the generator's definitions (exact column types),
-    or reflected from the database when those are not importable."""
+    """The three source tables with the contract's column names, read without SQLAlchemy type processing.
+
+    A source database we did not create may store datetimes as text in any ISO-like form (SQLite has no
+    datetime type); SQLAlchemy's SQLite DATETIME parser would silently drop a `T`-separated time. So
+    values arrive as the driver returns them (PyMySQL still gives datetime objects for DATETIME columns)
+    and `_wire_value` normalizes them; the key stays an Integer for keyset pagination."""
     import sqlalchemy as sa
 
     metadata = sa.MetaData()
-    try:
-        from pinterest_platform.datagen import source_tables
-    except ImportError:  # pragma: no cover - the generator is part of the package
-        source_tables = None
     tables: dict[str, Any] = {}
-    if source_tables is not None:
-        made = source_tables(metadata)
-        if isinstance(made, dict):
-            tables = {name: made[name] for name in made}
-        else:
-            tables = {t.name: t for t in made}
     for name in (SOURCE_PIN_TABLE, SOURCE_GEO_TABLE, SOURCE_USER_TABLE):
-        if name not in tables:
-            tables[name] = sa.Table(name, metadata, autoload_with=engine)
+        key = SOURCE_KEY[name]
+        tables[name] = sa.Table(name, metadata, *[
+            sa.Column(col, sa.Integer() if col == key else sa.types.NullType(), key=col)
+            for col in SOURCE_COLUMNS[name]
+        ])
     return tables
+
+
+def _wire_value(column: str, value: Any) -> Any:
+    """A source value as posted: datetimes as ISO-8601 (`2020-08-28T03:52:47`) whether the driver gave a
+    datetime or text."""
+    if type(value) is str and column in DATETIME_COLUMNS and _SPACE_SEPARATED_DATETIME.match(value):
+        return value[:10] + "T" + value[11:]
+    return value if type(value) in _PLAIN else _jsonable(value)
 
 
 def _engine(source_db_url: str):
@@ -257,7 +267,7 @@ class SourceReader:
 
     def _event(self, row) -> Event:
         rows: dict[str, dict[str, Any] | None] = {
-            kind: {col: (v if type(v) in _PLAIN else _jsonable(v)) for col, pos in positions for v in (row[pos],)}
+            kind: {col: _wire_value(col, row[pos]) for col, pos in positions}
             for kind, positions in self.layout}
         if row[self.geo_key_pos] is None:   # left join found no geolocation_data row for this key
             rows["geo"] = None

@@ -478,3 +478,42 @@ def test_mariadb_source_delivers_exactly_n(mariadb_url, kafka, kinesis, tmp_path
     report = emulate(mariadb_url, "both", kafka, kinesis, prefix, progress=False, page_size=120)
     assert report.ok and report.events_read == n
     assert_exactly_once(kafka, kinesis, prefix, expected)
+
+
+def test_foreign_sqlite_source_with_text_datetimes(kafka, tmp_path):
+    """A source database we did not create: datetimes stored as text with a `T` or a space, REAL floats,
+    an extra column. Every value is posted as stored, datetimes normalized to ISO-8601 with their time."""
+    import sqlite3
+
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE pinterest_data ("index" INTEGER, unique_id TEXT, title TEXT, description TEXT,
+            poster_name TEXT, follower_count TEXT, tag_list TEXT, is_image_or_video TEXT, image_src TEXT,
+            downloaded INTEGER, save_location TEXT, category TEXT, extra TEXT);
+        CREATE TABLE geolocation_data (ind INTEGER, timestamp TEXT, latitude REAL, longitude REAL, country TEXT);
+        CREATE TABLE user_data (ind INTEGER, first_name TEXT, last_name TEXT, age INTEGER, date_joined DATETIME);
+    """)
+    conn.executemany('INSERT INTO pinterest_data VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)', [
+        (7, "u7", "T", "D", "P ", "26k", "a,b", "image", "http://x/y.jpg", 1, "Local save in /data/art", "art", "x"),
+        (3, "u3", "T", "D", "Q", "6M", "c", "video", "http://x/z.jpg", 1, "Local save in /data/travel", "travel", "y"),
+    ])
+    conn.executemany("INSERT INTO geolocation_data VALUES (?,?,?,?,?)", [
+        (7, "2020-08-28T03:52:47", -5.34445, -177.924, "Cote d'Ivoire"),
+        (3, "2019-01-02 10:11:12", 12.123456789012345, 99.5, "Chile"),
+    ])
+    conn.executemany("INSERT INTO user_data VALUES (?,?,?,?,?)", [
+        (7, "Ann", "Lee", 20, "2016-03-04T05:06:07"), (3, "Bo", "Ng", 59, "2015-10-01 00:00:01"),
+    ])
+    conn.commit()
+    conn.close()
+    prefix = unique_prefix()
+    report = emulate(f"sqlite:///{path}", mode="batch", kafka=kafka, prefix=prefix, progress=False)
+    assert report.ok
+    geo = {json.loads(v)["ind"]: json.loads(v) for _, v, _ in kafka_messages(kafka, topic_name(prefix, "geo"))}
+    user = {json.loads(v)["ind"]: json.loads(v) for _, v, _ in kafka_messages(kafka, topic_name(prefix, "user"))}
+    pin = [json.loads(v) for _, v, _ in kafka_messages(kafka, topic_name(prefix, "pin"))]
+    assert sorted(p["index"] for p in pin) == [3, 7] and "extra" not in pin[0]
+    assert geo[7]["timestamp"] == "2020-08-28T03:52:47" and geo[3]["timestamp"] == "2019-01-02T10:11:12"
+    assert geo[3]["latitude"] == 12.123456789012345
+    assert user[7]["date_joined"] == "2016-03-04T05:06:07" and user[3]["date_joined"] == "2015-10-01T00:00:01"
