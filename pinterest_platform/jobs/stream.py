@@ -1,0 +1,431 @@
+"""Spark job `stream`: the three Kinesis streams -> cleaned streaming Delta tables, exactly-once.
+
+One Structured Streaming query per event kind reads `streaming-<prefix>-<kind>` (format `kinesis-local`
+locally, Databricks' `kinesis` there), and each micro-batch, in `foreachBatch`:
+
+- cleans the records with `transforms.cleaning.clean` (the same code as the batch job);
+- MERGEs the clean rows, one per `ind` (the latest by arrival, then sequence number), into
+  `<tables_root>/<prefix>_<kind>_table`, updating a matched row only when it differs;
+- appends the quarantined records to `<tables_root>/quarantine` with Delta's `txnAppId` (the query's id,
+  stable across restarts from the same checkpoint) and `txnVersion` (the batch id).
+
+Exactly-once: each query checkpoints to `<checkpoint_root>/<prefix>_<kind>` (never deleted here); Spark
+logs a batch's offsets before running it and replays an unfinished batch with the same offsets, hence
+the same records (see streaming/kinesis_source.py). A replayed MERGE changes nothing and Delta skips a
+replayed quarantine append, so a crash at any point neither loses nor duplicates a row.
+
+Triggers: `available_now` drains what the streams hold now and returns; `processing_time` runs every
+`interval` until `timeout_s` passes or SIGINT/SIGTERM arrives, then stops the queries between batches.
+`stream_command` is the CLI entry point (`pinterest-platform run stream`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pinterest_platform import contract
+from pinterest_platform.streaming.kinesis_source import FORMAT_NAME as LOCAL_FORMAT
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("available_now", "processing_time")
+# how long a stop waits for the running micro-batch to finish before interrupting it
+GRACEFUL_STOP_S = 60.0
+
+
+@dataclass
+class StreamParams:
+    prefix: str
+    tables_root: str
+    checkpoint_root: str
+    kinds: list[str]
+    region: str | None = None
+    endpoint: str | None = None
+    source_format: str = LOCAL_FORMAT
+    trigger: str = "available_now"
+    interval: str = "5 seconds"
+    timeout_s: float | None = None
+    initial_position: str = "trim_horizon"
+    source_options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> StreamParams:
+        try:
+            prefix = params["prefix"]
+            tables_root = str(params["lake_tables_root"]).rstrip("/")
+        except KeyError as exc:
+            raise ValueError(f"stream job: missing parameter {exc.args[0]!r}") from None
+        # the lake's layout is <root>/tables and <root>/checkpoints: default to the tables folder's sibling
+        lake_root = tables_root.rsplit("/", 1)[0] if "/" in tables_root else "."
+        kinds = list(params.get("kinds") or contract.EVENT_KINDS)
+        unknown = [k for k in kinds if k not in contract.EVENT_KINDS]
+        if unknown:
+            raise ValueError(f"stream job: unknown kind(s) {unknown}; known: {list(contract.EVENT_KINDS)}")
+        trigger = params.get("trigger") or "available_now"
+        if trigger not in TRIGGERS:
+            raise ValueError(f"stream job: trigger {trigger!r}; expected one of {TRIGGERS}")
+        timeout = params.get("timeout_s")
+        return cls(
+            prefix=prefix,
+            tables_root=tables_root,
+            checkpoint_root=str(params.get("checkpoint_root") or f"{lake_root}/checkpoints").rstrip("/"),
+            kinds=kinds,
+            region=params.get("region"),
+            endpoint=params.get("endpoint"),
+            source_format=params.get("source_format") or LOCAL_FORMAT,
+            trigger=trigger,
+            interval=normalize_interval(params.get("interval") or "5 seconds"),
+            timeout_s=float(timeout) if timeout not in (None, "") else None,
+            initial_position=params.get("initial_position") or "trim_horizon",
+            source_options={str(k): str(v) for k, v in (params.get("source_options") or {}).items()},
+        )
+
+    def table_uri(self, kind: str) -> str:
+        return f"{self.tables_root}/{contract.streaming_table_name(self.prefix, kind)}"
+
+    def checkpoint(self, kind: str) -> str:
+        return f"{self.checkpoint_root}/{self.prefix}_{kind}"
+
+    @property
+    def quarantine_uri(self) -> str:
+        return f"{self.tables_root}/{contract.QUARANTINE_TABLE}"
+
+
+def normalize_interval(text: str) -> str:
+    """'5s', '5 sec', '500ms', '1m', '5 seconds' -> Spark's '<n> seconds|milliseconds|minutes'."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not match:
+        raise ValueError(f"interval {text!r}: expected e.g. '5s', '500ms' or '1 minute'")
+    number, unit = match.group(1), match.group(2).lower()
+    units = {"": "seconds", "s": "seconds", "sec": "seconds", "secs": "seconds", "second": "seconds",
+             "seconds": "seconds", "ms": "milliseconds", "millisecond": "milliseconds",
+             "milliseconds": "milliseconds", "m": "minutes", "min": "minutes", "mins": "minutes",
+             "minute": "minutes", "minutes": "minutes"}
+    if unit not in units:
+        raise ValueError(f"interval {text!r}: unknown unit {unit!r}")
+    return f"{number} {units[unit]}"
+
+
+@dataclass
+class StreamStats:
+    """What this run's micro-batches did for one stream (a replayed batch counts again)."""
+
+    batches: int = 0
+    records: int = 0
+    clean: int = 0
+    upserted: int = 0
+    quarantined: int = 0
+    last_batch_id: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+# --- per micro-batch --------------------------------------------------------------------------------
+
+# A continuous query commits every few seconds, each MERGE adding a few small files; Delta's auto compaction
+# rewrites them once 50 accumulate, so the per-batch MERGE scan does not grow with the stream's age
+STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true"}
+
+
+def _ensure_table(spark, uri: str, schema, properties: dict[str, str] | None = None) -> None:
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, uri):
+        writer = spark.createDataFrame([], schema).write.format("delta")
+        for key, value in (properties or {}).items():
+            writer = writer.option(key, value)  # `delta.*` writer options become table properties on creation
+        # mode ignore: another writer creating the table at the same moment is not an error
+        writer.mode("ignore").save(uri)
+
+
+def write_batch(spark, kind: str, batch_df, batch_id: int, *, table_uri: str, quarantine_uri: str,
+                app_id: str, stats: StreamStats) -> None:
+    """Clean one micro-batch and commit it to the streaming table and the quarantine, idempotently."""
+    from pyspark.sql import functions as F
+
+    from pinterest_platform.jobs.batch import upsert_by_ind
+    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
+
+    # cached: the batch is read from Kinesis once, then counted, merged and quarantined from memory
+    cleaned = clean(kind, batch_df).persist()
+    try:
+        is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
+        records, clean_count, upserted = cleaned.agg(
+            F.count(F.lit(1)), F.count(F.when(is_clean, 1)), F.count_distinct(F.when(is_clean, F.col("ind"))),
+        ).first()
+        if records == 0:
+            return
+        quarantined = records - clean_count
+        if upserted:
+            # the same ind twice in one batch (a re-post): keep the latest arrival, then the higher sequence
+            # number (same length first: sequence numbers are decimal strings of varying length)
+            latest = latest_per_key(cleaned.where(is_clean), key="ind", order_by=["_arrival", "_seq_len", "_seq"])
+            upsert_by_ind(spark, table_uri, cleaned_rows(kind, latest), contract.CLEANED_SCHEMAS[kind])
+        if quarantined:
+            # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
+            (quarantine_rows(kind, cleaned).write.format("delta").mode("append").option("txnAppId", app_id)
+             .option("txnVersion", batch_id).save(quarantine_uri))
+        with stats.lock:
+            stats.batches += 1
+            stats.records += records
+            stats.clean += clean_count
+            stats.upserted += upserted
+            stats.quarantined += quarantined
+            stats.last_batch_id = batch_id
+    finally:
+        cleaned.unpersist()
+
+
+class _QueryId:
+    """The query's id, known only once start() returns; the first batch may already be waiting for it."""
+
+    def __init__(self):
+        self._value: str | None = None
+        self._ready = threading.Event()
+
+    def set(self, value: str) -> None:
+        self._value = value
+        self._ready.set()
+
+    def get(self, timeout: float = 60.0) -> str:
+        if not self._ready.wait(timeout):
+            raise RuntimeError("streaming query id not available")
+        return self._value  # type: ignore[return-value]
+
+
+def _source_options(p: StreamParams, kind: str) -> dict[str, str]:
+    options = {"streamName": contract.stream_name(p.prefix, kind), "initialPosition": p.initial_position}
+    if p.region:
+        options["region"] = p.region
+    if p.endpoint:
+        options["endpoint"] = p.endpoint
+        if p.source_format == LOCAL_FORMAT:
+            # Spark's Python workers keep the environment Spark started with, so an emulator's dummy
+            # credentials set later in this process would not reach them
+            options["awsAccessKey"] = os.environ.get("AWS_ACCESS_KEY_ID", "testing")
+            options["awsSecretKey"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")
+    options.update(p.source_options)
+    return options
+
+
+def _start_query(spark, p: StreamParams, kind: str, stats: StreamStats):
+    from pyspark.sql import functions as F
+
+    reader = spark.readStream.format(p.source_format)
+    for key, value in _source_options(p, kind).items():
+        reader = reader.option(key, value)
+    seq = F.col("sequenceNumber")
+    records = reader.load().select(
+        F.col("data").cast("string").alias("value"),
+        F.col("stream").alias("source"),
+        F.concat_ws(":", F.col("shardId"), seq).alias("origin"),
+        F.col("approximateArrivalTimestamp").alias("_arrival"),
+        F.length(seq).alias("_seq_len"),
+        seq.alias("_seq"),
+    )
+    table_uri, quarantine_uri = p.table_uri(kind), p.quarantine_uri
+    query_id = _QueryId()
+
+    def on_batch(batch_df, batch_id: int) -> None:
+        # looked up at call time so that tests can wrap it (e.g. to crash after the commit)
+        write_batch(batch_df.sparkSession, kind, batch_df, batch_id, table_uri=table_uri,
+                    quarantine_uri=quarantine_uri, app_id=f"stream:{query_id.get()}", stats=stats)
+
+    writer = (records.writeStream.queryName(f"stream_{p.prefix}_{kind}")
+              .option("checkpointLocation", p.checkpoint(kind)).foreachBatch(on_batch))
+    writer = (writer.trigger(availableNow=True) if p.trigger == "available_now"
+              else writer.trigger(processingTime=p.interval))
+    query = writer.start()
+    query_id.set(query.id)
+    return query
+
+
+def _missing_streams(p: StreamParams) -> list[str]:
+    """Streams that do not exist (checked only for the local source: it is the one that can ask)."""
+    if p.source_format != LOCAL_FORMAT:
+        return []
+    from pinterest_platform.streaming.kinesis_source import SourceOptions, make_client
+
+    client = make_client(SourceOptions.parse(_source_options(p, p.kinds[0])))
+    missing = []
+    for kind in p.kinds:
+        name = contract.stream_name(p.prefix, kind)
+        try:
+            client.describe_stream_summary(StreamName=name)
+        except client.exceptions.ResourceNotFoundException:
+            missing.append(name)
+    return missing
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM set an event instead of killing the process, so queries stop between batches."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+        self.event.set()
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _stop_gracefully(queries: dict[str, Any], wait_s: float = GRACEFUL_STOP_S) -> None:
+    deadline = time.monotonic() + wait_s
+    for query in queries.values():
+        # stop() interrupts a running batch; that is safe (it is replayed) but waiting avoids the redo
+        while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        query.stop()
+
+
+def _table_summary(spark, uri: str) -> dict[str, Any]:
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, uri):
+        return {"rows_in_table": 0, "table_version": None}
+    table = DeltaTable.forPath(spark, uri)
+    version = table.history(1).select("version").collect()[0][0]
+    return {"rows_in_table": table.toDF().count(), "table_version": int(version)}
+
+
+def stream(spark, params: dict) -> dict:
+    """Run the streaming queries; returns per-stream counts (JSON-serializable).
+
+    params: prefix, lake_tables_root, checkpoint_root (default <lake root>/checkpoints), kinds, region,
+    endpoint, source_format ("kinesis-local" | "kinesis"), trigger ("available_now" | "processing_time"),
+    interval ("5 seconds"), timeout_s (processing_time: stop after this long; None = until a signal),
+    initial_position ("trim_horizon" | "latest"), source_options (extra reader options)."""
+    p = StreamParams.from_dict(params)
+    if p.source_format == LOCAL_FORMAT:
+        from pinterest_platform.streaming.kinesis_source import register
+
+        register(spark)
+    started = time.monotonic()
+    missing = set(_missing_streams(p))
+    kinds = [k for k in p.kinds if contract.stream_name(p.prefix, k) not in missing]
+    if not kinds:
+        raise RuntimeError(f"no Kinesis stream to read: {', '.join(sorted(missing))} do not exist yet "
+                           "(post events first: `pinterest-platform emulate --mode stream`)")
+    for kind in kinds:
+        _ensure_table(spark, p.table_uri(kind), contract.CLEANED_SCHEMAS[kind], STREAMING_TABLE_PROPERTIES)
+    # created before the queries start: three first batches must not race to create it
+    _ensure_table(spark, p.quarantine_uri, contract.QUARANTINE_SCHEMA)
+
+    stats = {kind: StreamStats() for kind in kinds}
+    queries: dict[str, Any] = {}
+    stopped_by = "completed"
+    with _StopSignal() as stop:
+        try:
+            for kind in kinds:
+                queries[kind] = _start_query(spark, p, kind, stats[kind])
+            deadline = (started + p.timeout_s) if (p.trigger == "processing_time" and p.timeout_s) else None
+            while True:
+                failed = [k for k, q in queries.items() if not q.isActive and q.exception() is not None]
+                if failed:
+                    stopped_by = "failure"
+                    break
+                if all(not q.isActive for q in queries.values()):
+                    break
+                if stop.event.wait(0.5):
+                    stopped_by = "signal"
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped_by = "timeout"
+                    break
+        finally:
+            _stop_gracefully(queries)
+    errors = {k: str(q.exception()) for k, q in queries.items() if q.exception() is not None}
+    if errors:
+        raise RuntimeError("streaming queries failed: " + "; ".join(f"{k}: {e}" for k, e in errors.items()))
+
+    result: dict[str, Any] = {"trigger": p.trigger, "stopped_by": stopped_by,
+                              "seconds": round(time.monotonic() - started, 3), "streams": {}}
+    for kind in p.kinds:
+        name = contract.stream_name(p.prefix, kind)
+        entry: dict[str, Any] = {"stream": name, "table": contract.streaming_table_name(p.prefix, kind),
+                                 "table_uri": p.table_uri(kind), "checkpoint": p.checkpoint(kind)}
+        if kind in stats:
+            s = stats[kind]
+            entry.update(batches=s.batches, records=s.records, clean=s.clean, upserted=s.upserted,
+                         quarantined=s.quarantined, query_id=str(queries[kind].id))
+            entry.update(_table_summary(spark, p.table_uri(kind)))
+        else:
+            entry["skipped"] = f"stream {name} does not exist"
+        result["streams"][kind] = entry
+    if stop.received is not None and p.trigger == "available_now":
+        # an interrupted drain is not a finished one: let the caller (a Dagster run, a shell) see the signal
+        raise KeyboardInterrupt(f"stream job stopped by signal {stop.received} after {result['streams']}")
+    return result
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+def stream_command(args) -> int:
+    """`pinterest-platform run stream --available-now | --continuous [--interval 5s] [--timeout S]`."""
+    from pinterest_platform.resources.spark import local_spark_session
+    from pinterest_platform.settings import load_settings
+
+    settings = load_settings()
+    continuous = bool(getattr(args, "continuous", False))
+    endpoint = settings.aws_endpoint_url
+    if settings.env == "local" and not endpoint:
+        endpoint = settings.stack_endpoints().get("aws_endpoint_url")
+        if not endpoint:
+            print("error: no Kinesis endpoint: run `pinterest-platform stack up` or set AWS_ENDPOINT_URL",
+                  flush=True)
+            return 2
+    lake_root = settings.lake_root.rstrip("/")
+    params = {
+        "prefix": settings.topic_prefix,
+        "lake_tables_root": f"{lake_root}/{contract.TABLES_DIR}",
+        "checkpoint_root": f"{lake_root}/checkpoints",
+        "kinds": getattr(args, "kinds", None) or list(contract.EVENT_KINDS),
+        "region": settings.aws_region,
+        "endpoint": endpoint,
+        "source_format": LOCAL_FORMAT,
+        "trigger": "processing_time" if continuous else "available_now",
+        "interval": getattr(args, "interval", None) or "5s",
+        "timeout_s": getattr(args, "timeout", None),
+    }
+    mode = f"continuous, every {normalize_interval(params['interval'])}" if continuous else "available-now"
+    print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in params['kinds'])} "
+          f"({mode}) into {params['lake_tables_root']}", flush=True)
+    if continuous:
+        print("  stop with Ctrl-C (the running micro-batch finishes first)", flush=True)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        result = stream(local_spark_session(), params)
+    except (ValueError, RuntimeError, BotoCoreError, ClientError) as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        return 130
+    for entry in result["streams"].values():
+        if "skipped" in entry:
+            print(f"  {entry['table']}: skipped ({entry['skipped']})", flush=True)
+            continue
+        print(f"  {entry['table']}: {entry['rows_in_table']} rows (version {entry['table_version']}); "
+              f"this run: {entry['batches']} batches, {entry['records']} records, "
+              f"{entry['quarantined']} quarantined", flush=True)
+    print(f"done in {result['seconds']}s ({result['stopped_by']})", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""Spark Structured Streaming pieces: the local Kinesis source (`kinesis_source`)."""
