@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 
 from pinterest_platform import contract
 from pinterest_platform_tests import reference
+from pinterest_platform_tests.compare import normalize
 
 EVENTS = 400
 
@@ -46,18 +47,6 @@ def source_rows(db_url: str) -> dict[str, list[dict]]:
                          for r in rows]
     engine.dispose()
     return out
-
-
-def normalize(value):
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
-    if isinstance(value, float):
-        return round(value, 9)
-    if isinstance(value, list | tuple):
-        return [normalize(v) for v in value]
-    return value
 
 
 def table_rows(lake_root: Path, name: str) -> list[dict]:

@@ -5,7 +5,6 @@ crash; continuous mode with a clean stop on SIGINT; the CLI entry point."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from deltalake import DeltaTable
 from pinterest_platform import contract
 from pinterest_platform.jobs import stream as stream_job
 from pinterest_platform_tests import reference
+from pinterest_platform_tests.compare import normalize
 from pinterest_platform_tests.streaming.conftest import put_records
 
 EVENTS = 300
@@ -31,18 +31,6 @@ BAD = {
     "geo": [b'{"ind": 9, "latitude": "north"}', b"", b'{"ind": null}'],
     "user": [b'{"ind": 3, "age": "old", "date_joined": "yesterday"}', b"null"],
 }
-
-
-def normalize(value):
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
-    if isinstance(value, float):
-        return round(value, 9)
-    if isinstance(value, list | tuple):
-        return [normalize(v) for v in value]
-    return value
 
 
 def delta_rows(uri: str) -> list[dict]:
