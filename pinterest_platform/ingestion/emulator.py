@@ -618,106 +618,91 @@ def _stream_body(records: Sequence[Outgoing]) -> bytes:
                                        for r in records) + b"]}"
 
 
-class HttpKafkaSink(Sink):
-    """Kafka through REST Proxy v2: many records per request; records the answer marks with an error are
-    re-posted (bounded), then counted as failed."""
+class _HttpSink(Sink):
+    """Both HTTP contracts: many records per request per destination; the records an answer marks as
+    rejected are re-posted with backoff (bounded), then counted as failed. Subclasses send one request."""
+
+    def __init__(self, client: HttpIngestClient, targets: dict[str, str], max_attempts: int,
+                 records_per_request: int):
+        self.http = client
+        self.targets = targets
+        self.max_attempts = max_attempts
+        self.records_per_request = records_per_request
+
+    def destinations(self) -> list[str]:
+        return list(self.targets.values())
+
+    def send(self, records: Sequence[Outgoing]) -> SendResult:
+        result = SendResult()
+        for kind in EVENT_KINDS:
+            target = self.targets[kind]
+            mine = [r for r in records if r.kind == kind]
+            for chunk in _chunks(mine, self.records_per_request, HTTP_MAX_REQUEST_BYTES, _row_bytes):
+                self._deliver(target, chunk, result)
+        return result
+
+    def _rejected(self, target: str, pending: list[Outgoing], result: SendResult) -> list[Outgoing]:
+        """Send `pending` in one request; return the records the answer rejected (raises HttpError)."""
+        raise NotImplementedError
+
+    def _deliver(self, target: str, chunk: list[Outgoing], result: SendResult) -> None:
+        pending = chunk
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                failed = self._rejected(target, pending, result)
+            except HttpError as exc:
+                result.add(result.failed, target, len(pending))
+                result.errors.append(str(exc))
+                return
+            result.add(result.sent, target, len(pending) - len(failed))
+            if not failed:
+                return
+            if attempt == self.max_attempts:
+                result.add(result.failed, target, len(failed))
+                return
+            result.add(result.retried, target, len(failed))
+            time.sleep(_backoff(attempt))
+            pending = failed
+
+
+class HttpKafkaSink(_HttpSink):
+    """Kafka through REST Proxy v2 (`POST /topics/{topic}`)."""
 
     name = "kafka"
 
     def __init__(self, client: HttpIngestClient, prefix: str, max_attempts: int = MAX_ATTEMPTS,
                  records_per_request: int = HTTP_TOPIC_RECORDS_PER_REQUEST):
-        self.http = client
-        self.max_attempts = max_attempts
-        self.records_per_request = records_per_request
-        self.topics = {kind: topic_name(prefix, kind) for kind in EVENT_KINDS}
+        super().__init__(client, {kind: topic_name(prefix, kind) for kind in EVENT_KINDS}, max_attempts,
+                         records_per_request)
 
-    def destinations(self) -> list[str]:
-        return list(self.topics.values())
-
-    def send(self, records: Sequence[Outgoing]) -> SendResult:
-        result = SendResult()
-        for kind in EVENT_KINDS:
-            topic = self.topics[kind]
-            mine = [r for r in records if r.kind == kind]
-            for chunk in _chunks(mine, self.records_per_request, HTTP_MAX_REQUEST_BYTES, _row_bytes):
-                self._post(topic, chunk, result)
-        return result
-
-    def _post(self, topic: str, chunk: list[Outgoing], result: SendResult) -> None:
-        pending = chunk
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                offsets = self.http.post_topic_body(topic, _topic_body(pending))
-            except HttpError as exc:
-                result.add(result.failed, topic, len(pending))
-                result.errors.append(str(exc))
-                return
-            if len(offsets) != len(pending):
-                failed = pending  # an answer we cannot match to records: send them all again
-                result.errors.append(f"{topic}: answer had {len(offsets)} offsets for {len(pending)} records")
-            else:
-                failed = [rec for rec, off in zip(pending, offsets, strict=True) if off.get("error_code") or off.get("error")]
-                if failed and len(result.errors) < 20:
-                    bad = next(o for o in offsets if o.get("error_code") or o.get("error"))
-                    result.errors.append(f"{topic}: {len(failed)} records rejected ({bad.get('error')})")
-            result.add(result.sent, topic, len(pending) - len(failed))
-            if not failed:
-                return
-            if attempt == self.max_attempts:
-                result.add(result.failed, topic, len(failed))
-                return
-            result.add(result.retried, topic, len(failed))
-            time.sleep(_backoff(attempt))
-            pending = failed
+    def _rejected(self, target: str, pending: list[Outgoing], result: SendResult) -> list[Outgoing]:
+        offsets = self.http.post_topic_body(target, _topic_body(pending))
+        if len(offsets) != len(pending):
+            # an answer we cannot match to records: send them all again
+            result.errors.append(f"{target}: answer had {len(offsets)} offsets for {len(pending)} records")
+            return pending
+        failed = [rec for rec, off in zip(pending, offsets, strict=True) if off.get("error_code") or off.get("error")]
+        if failed and len(result.errors) < 20:
+            bad = next(o for o in offsets if o.get("error_code") or o.get("error"))
+            result.errors.append(f"{target}: {len(failed)} records rejected ({bad.get('error')})")
+        return failed
 
 
-class HttpKinesisSink(Sink):
-    """Kinesis through the API Gateway Kinesis proxy (`PUT /streams/{stream}/records`), retrying only the
-    records the PutRecords-like answer rejected."""
+class HttpKinesisSink(_HttpSink):
+    """Kinesis through the API Gateway Kinesis proxy (`PUT /streams/{stream}/records`)."""
 
     name = "kinesis"
 
     def __init__(self, client: HttpIngestClient, prefix: str, max_attempts: int = 8):
-        self.http = client
-        self.max_attempts = max_attempts
-        self.streams = {kind: stream_name(prefix, kind) for kind in EVENT_KINDS}
+        super().__init__(client, {kind: stream_name(prefix, kind) for kind in EVENT_KINDS}, max_attempts,
+                         KINESIS_MAX_RECORDS)
 
-    def destinations(self) -> list[str]:
-        return list(self.streams.values())
-
-    def send(self, records: Sequence[Outgoing]) -> SendResult:
-        result = SendResult()
-        for kind in EVENT_KINDS:
-            stream = self.streams[kind]
-            mine = [r for r in records if r.kind == kind]
-            for chunk in _chunks(mine, KINESIS_MAX_RECORDS, HTTP_MAX_REQUEST_BYTES, _row_bytes):
-                self._put(stream, chunk, result)
-        return result
-
-    def _put(self, stream: str, chunk: list[Outgoing], result: SendResult) -> None:
-        pending = chunk
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                answer = self.http.put_stream_body(stream, _stream_body(pending))
-            except HttpError as exc:
-                result.add(result.failed, stream, len(pending))
-                result.errors.append(str(exc))
-                return
-            answers = answer.get("Records") or []
-            if len(answers) != len(pending):
-                failed = pending
-                result.errors.append(f"{stream}: answer had {len(answers)} records for {len(pending)} sent")
-            else:
-                failed = [rec for rec, a in zip(pending, answers, strict=True) if a.get("ErrorCode")]
-            result.add(result.sent, stream, len(pending) - len(failed))
-            if not failed:
-                return
-            if attempt == self.max_attempts:
-                result.add(result.failed, stream, len(failed))
-                return
-            result.add(result.retried, stream, len(failed))
-            time.sleep(_backoff(attempt))
-            pending = failed
+    def _rejected(self, target: str, pending: list[Outgoing], result: SendResult) -> list[Outgoing]:
+        answers = self.http.put_stream_body(target, _stream_body(pending)).get("Records") or []
+        if len(answers) != len(pending):
+            result.errors.append(f"{target}: answer had {len(answers)} records for {len(pending)} sent")
+            return pending
+        return [rec for rec, a in zip(pending, answers, strict=True) if a.get("ErrorCode")]
 
 
 # --- cursor ---------------------------------------------------------------------------------------
