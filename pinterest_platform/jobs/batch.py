@@ -18,9 +18,14 @@ def _table_exists(spark, uri: str) -> bool:
     return DeltaTable.isDeltaTable(spark, uri)
 
 
-def _ensure_table(spark, uri: str, schema) -> None:
+def ensure_table(spark, uri: str, schema, properties: dict[str, str] | None = None) -> None:
+    """Create an empty Delta table with the contract schema (and table properties) unless one exists."""
     if not _table_exists(spark, uri):
-        spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(uri)
+        writer = spark.createDataFrame([], schema).write.format("delta")
+        for key, value in (properties or {}).items():
+            writer = writer.option(key, value)  # `delta.*` writer options become table properties on creation
+        # mode ignore: another writer creating the table at the same moment is not an error
+        writer.mode("ignore").save(uri)
 
 
 def _rows_differ(columns: list[str]) -> str:
@@ -48,7 +53,7 @@ def append_quarantine(spark, uri: str, rows) -> None:
     """Insert quarantine rows not already there: a re-run of the same raw file adds nothing."""
     from delta.tables import DeltaTable
 
-    _ensure_table(spark, uri, contract.QUARANTINE_SCHEMA)
+    ensure_table(spark, uri, contract.QUARANTINE_SCHEMA)
     (DeltaTable.forPath(spark, uri).alias("t")
         .merge(rows.alias("s"), "t.source = s.source AND t.origin <=> s.origin AND t.raw <=> s.raw")
         .whenNotMatchedInsertAll()
@@ -69,7 +74,7 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     manifest_rows = []
     # an empty quarantine is a statement too ("nothing was rejected"), so the table always exists
-    _ensure_table(spark, quarantine_uri, contract.QUARANTINE_SCHEMA)
+    ensure_table(spark, quarantine_uri, contract.QUARANTINE_SCHEMA)
     for kind in contract.EVENT_KINDS:
         files = params["files"].get(kind) or []
         table_uri = f"{tables_root}/{kind}"

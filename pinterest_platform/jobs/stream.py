@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pinterest_platform import contract
+from pinterest_platform.jobs import batch as batch_jobs
 from pinterest_platform.streaming.kinesis_source import FORMAT_NAME as LOCAL_FORMAT
 
 log = logging.getLogger(__name__)
@@ -133,23 +134,11 @@ class StreamStats:
 STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true"}
 
 
-def _ensure_table(spark, uri: str, schema, properties: dict[str, str] | None = None) -> None:
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, uri):
-        writer = spark.createDataFrame([], schema).write.format("delta")
-        for key, value in (properties or {}).items():
-            writer = writer.option(key, value)  # `delta.*` writer options become table properties on creation
-        # mode ignore: another writer creating the table at the same moment is not an error
-        writer.mode("ignore").save(uri)
-
-
 def write_batch(spark, kind: str, batch_df, batch_id: int, *, table_uri: str, quarantine_uri: str,
                 app_id: str, stats: StreamStats) -> None:
     """Clean one micro-batch and commit it to the streaming table and the quarantine, idempotently."""
     from pyspark.sql import functions as F
 
-    from pinterest_platform.jobs.batch import upsert_by_ind
     from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
 
     # cached: the batch is read from Kinesis once, then counted, merged and quarantined from memory
@@ -166,7 +155,7 @@ def write_batch(spark, kind: str, batch_df, batch_id: int, *, table_uri: str, qu
             # the same ind twice in one batch (a re-post): keep the latest arrival, then the higher sequence
             # number (same length first: sequence numbers are decimal strings of varying length)
             latest = latest_per_key(cleaned.where(is_clean), key="ind", order_by=["_arrival", "_seq_len", "_seq"])
-            upsert_by_ind(spark, table_uri, cleaned_rows(kind, latest), contract.CLEANED_SCHEMAS[kind])
+            batch_jobs.upsert_by_ind(spark, table_uri, cleaned_rows(kind, latest), contract.CLEANED_SCHEMAS[kind])
         if quarantined:
             # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
             (quarantine_rows(kind, cleaned).write.format("delta").mode("append").option("txnAppId", app_id)
@@ -325,9 +314,9 @@ def stream(spark, params: dict) -> dict:
         raise RuntimeError(f"no Kinesis stream to read: {', '.join(sorted(missing))} do not exist yet "
                            "(post events first: `pinterest-platform emulate --mode stream`)")
     for kind in kinds:
-        _ensure_table(spark, p.table_uri(kind), contract.CLEANED_SCHEMAS[kind], STREAMING_TABLE_PROPERTIES)
+        batch_jobs.ensure_table(spark, p.table_uri(kind), contract.CLEANED_SCHEMAS[kind], STREAMING_TABLE_PROPERTIES)
     # created before the queries start: three first batches must not race to create it
-    _ensure_table(spark, p.quarantine_uri, contract.QUARANTINE_SCHEMA)
+    batch_jobs.ensure_table(spark, p.quarantine_uri, contract.QUARANTINE_SCHEMA)
 
     stats = {kind: StreamStats() for kind in kinds}
     queries: dict[str, Any] = {}
