@@ -8,7 +8,6 @@ import json
 import time
 
 import dagster as dg
-from pyspark.sql import types as T
 
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import (
@@ -97,10 +96,6 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
 
 
 # --- cleaning ---------------------------------------------------------------------------------------------
-
-MANIFEST_SCHEMA = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
-                                T.StructField("kind", T.StringType())])
-
 
 def processed_files(lake: LakeResource) -> set[tuple[str, int]]:
     """(path, size) of every raw file already cleaned; a file rewritten with more records is new again."""
