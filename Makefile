@@ -23,7 +23,7 @@ java:
 	@java -version 2>&1 | head -1 | grep -Eq '"(1[7-9]|[2-9][0-9])' || \
 	  { echo "Java 17+ is required for Spark and Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
 
-jars: java
+jars: java $(VENV)/.installed
 	./jvm/fetch.sh
 
 ## demo: the whole pipeline end to end on the embedded local stack
