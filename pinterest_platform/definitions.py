@@ -12,21 +12,28 @@ from dagster_aws.s3 import S3Resource
 from pinterest_platform.assets import batch, checks, ingestion, source, streaming
 from pinterest_platform.resources.kafka import LocalKafkaResource, MskKafkaResource
 from pinterest_platform.resources.kinesis import AwsKinesisResource, LocalKinesisResource
-from pinterest_platform.resources.lake import LocalLakeResource, S3LakeResource
+from pinterest_platform.resources.lake import LakeResource, LocalLakeResource, LocalS3LakeResource, S3LakeResource
 from pinterest_platform.resources.source_db import MySqlSourceDatabase, SqliteSourceDatabase
 from pinterest_platform.resources.spark import DatabricksSparkResource, LocalSparkResource
 from pinterest_platform.settings import Settings, load_settings
 
 
-def _s3_lake(root: str, settings: Settings) -> S3LakeResource:
-    bucket, _, prefix = root.removeprefix("s3://").partition("/")
-    return S3LakeResource(bucket=bucket, prefix=prefix,
-                          s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url))
+def _bucket_and_prefix(root: str) -> tuple[str, str]:
+    bucket, _, prefix = root.split("://", 1)[1].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def local_lake(settings: Settings) -> LakeResource:
+    """A folder, or an s3:// lake on the stack's moto (resolved at run time; AWS_ENDPOINT_URL wins)."""
+    if not settings.lake_is_s3:
+        return LocalLakeResource(root=settings.lake_root)
+    bucket, prefix = _bucket_and_prefix(settings.lake_root)
+    return LocalS3LakeResource(bucket=bucket, prefix=prefix, region=settings.aws_region,
+                               endpoint=settings.aws_endpoint_url)
 
 
 def local_resources(settings: Settings) -> dict:
-    lake = (_s3_lake(settings.lake_root, settings) if settings.lake_root.startswith("s3://")
-            else LocalLakeResource(root=settings.lake_root))
+    lake = local_lake(settings)
     source_db = (MySqlSourceDatabase(url=settings.source_db_url) if settings.source_db_url.startswith("mysql")
                  else SqliteSourceDatabase(url=settings.source_db_url))
     return {
@@ -38,20 +45,35 @@ def local_resources(settings: Settings) -> dict:
     }
 
 
+def aws_lake(settings: Settings) -> S3LakeResource:
+    """The production lake: PINTEREST_LAKE_ROOT=s3://bucket/prefix, or PINTEREST_S3_BUCKET under `pinterest/`."""
+    if settings.lake_is_s3:
+        bucket, prefix = _bucket_and_prefix(settings.lake_root)
+        return S3LakeResource(bucket=bucket, prefix=prefix,
+                              s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url))
+    return S3LakeResource(bucket=dg.EnvVar("PINTEREST_S3_BUCKET"), prefix="pinterest",
+                          s3=S3Resource(region_name=settings.aws_region))
+
+
+def lake_resource(settings: Settings) -> LakeResource:
+    """The lake of the settings' profile (for commands that need only the lake)."""
+    return aws_lake(settings) if settings.env == "aws" else local_lake(settings)
+
+
 def aws_resources(settings: Settings) -> dict:
-    lake = (_s3_lake(settings.lake_root, settings) if settings.lake_root.startswith("s3://")
-            else S3LakeResource(bucket=dg.EnvVar("PINTEREST_S3_BUCKET"), prefix="pinterest",
-                                s3=S3Resource(region_name=settings.aws_region)))
+    lake = aws_lake(settings)
+    # open-source Spark over the S3 lake (EMR, Kubernetes, standalone) when a master is named, else Databricks
+    spark = LocalSparkResource() if settings.spark_master else DatabricksSparkResource(
+        host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN"),
+        wheel=settings.databricks_wheel, existing_cluster_id=settings.databricks_cluster_id,
+    )
     return {
         "kafka": MskKafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"),
                                   region=settings.aws_region, auth=settings.msk_auth),
         "kinesis": AwsKinesisResource(region=settings.aws_region),
         "lake": lake,
         "source_db": MySqlSourceDatabase(url=dg.EnvVar("PINTEREST_SOURCE_DB_URL")),
-        "spark": DatabricksSparkResource(
-            host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN"),
-            wheel=settings.databricks_wheel, existing_cluster_id=settings.databricks_cluster_id,
-        ),
+        "spark": spark,
     }
 
 

@@ -39,6 +39,18 @@ class Settings:
     msk_auth: str  # iam | tls
     databricks_wheel: str | None
     databricks_cluster_id: str | None
+    spark_master: str | None  # None: the stack's Spark cluster when it runs, else in-process local[2]
+
+    @property
+    def lake_is_s3(self) -> bool:
+        return self.lake_root.startswith(("s3://", "s3a://"))
+
+    @property
+    def lake_bucket(self) -> str | None:
+        """The lake's bucket when the lake is on S3."""
+        if not self.lake_is_s3:
+            return None
+        return self.lake_root.split("://", 1)[1].split("/", 1)[0]
 
     @property
     def stack_dir(self) -> Path:
@@ -54,6 +66,16 @@ class Settings:
         if not path.exists():
             return {}
         return json.loads(path.read_text()).get("endpoints", {})
+
+    def s3_endpoint_url(self) -> str | None:
+        """Where S3 (and Kinesis) requests go: an explicit AWS_ENDPOINT_URL wins; in the local profile the
+        stack's moto; in the aws profile None, i.e. real AWS. Read at call time, so a stack started after
+        the definitions loaded is still found."""
+        if self.aws_endpoint_url:
+            return self.aws_endpoint_url
+        if self.env == "local":
+            return self.stack_endpoints().get("aws_endpoint_url")
+        return None
 
 
 def load_settings() -> Settings:
@@ -75,4 +97,5 @@ def load_settings() -> Settings:
         msk_auth=_env("MSK_AUTH", "iam"),
         databricks_wheel=_env("DATABRICKS_WHEEL"),
         databricks_cluster_id=_env("DATABRICKS_CLUSTER_ID"),
+        spark_master=_env("PINTEREST_SPARK_MASTER"),
     )

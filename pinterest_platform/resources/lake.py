@@ -15,6 +15,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from pinterest_platform.contract import TABLES_DIR
+from pinterest_platform.settings import load_settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class LakeResource(dg.ConfigurableResource):
 
     def list_files(self, prefix: str) -> list[LakeFile]:
         raise NotImplementedError
+
+    def check_access(self, write: bool = True) -> None:
+        """Raise LakeAccessError (one line) when the lake cannot be read, or written, as configured."""
 
 
 class LocalLakeResource(LakeResource):
@@ -83,12 +87,23 @@ class LocalLakeResource(LakeResource):
         return files
 
 
+class LakeAccessError(RuntimeError):
+    """The lake cannot be used as configured (no bucket, no permission, no endpoint): one line saying which."""
+
+
 class S3LakeResource(LakeResource):
-    """An S3 bucket and key prefix, through dagster-aws' S3Resource (moto in tests)."""
+    """An S3 bucket and key prefix, through dagster-aws' S3Resource and the default credential chain."""
 
     bucket: str
     prefix: str = ""
     s3: S3Resource = Field(default_factory=S3Resource)
+
+    def s3_resource(self) -> S3Resource:
+        """The S3Resource requests go through (the local lake resolves its endpoint here, at run time)."""
+        return self.s3
+
+    def client(self):
+        return self.s3_resource().get_client()
 
     def root_uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
@@ -97,30 +112,67 @@ class S3LakeResource(LakeResource):
         return "/".join(p for p in (self.prefix.strip("/"), path.lstrip("/")) if p)
 
     def storage_options(self) -> dict[str, str]:
-        options = {"AWS_REGION": self.s3.region_name or os.environ.get("AWS_REGION", "us-east-1")}
-        if self.s3.endpoint_url:
-            options["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
+        s3 = self.s3_resource()
+        options = {"AWS_REGION": s3.region_name or os.environ.get("AWS_REGION", "us-east-1")}
+        if s3.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = s3.endpoint_url
             # delta-rs refuses plain-HTTP endpoints (moto) unless told otherwise
-            if self.s3.endpoint_url.startswith("http://"):
+            if s3.endpoint_url.startswith("http://"):
                 options["AWS_ALLOW_HTTP"] = "true"
-        for option, value in (("AWS_ACCESS_KEY_ID", self.s3.aws_access_key_id),
-                              ("AWS_SECRET_ACCESS_KEY", self.s3.aws_secret_access_key),
-                              ("AWS_SESSION_TOKEN", self.s3.aws_session_token)):
+        for option, value in (("AWS_ACCESS_KEY_ID", s3.aws_access_key_id),
+                              ("AWS_SECRET_ACCESS_KEY", s3.aws_secret_access_key),
+                              ("AWS_SESSION_TOKEN", s3.aws_session_token)):
             if value:
                 options[option] = value
-        # one writer per table (the platform's own runs) means no DynamoDB lock is needed
+        # delta-rs only reads here; every Delta commit is Spark's, under the platform's one-writer-per-table
+        # lock (jobs/commit_lock.py), so delta-rs needs no locking provider of its own
         options["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
         return options
 
+    def check_access(self, write: bool = True) -> None:
+        """Fail with one line naming the bucket and the refused operation before any data moves.
+
+        HeadBucket (the bucket exists and is ours to use), ListObjectsV2 under the prefix (the sink and the
+        cleaning list raw files) and, for writers, a PutObject of the platform's own marker object."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.client()
+        marker = self._key("_platform/access-check")
+        steps = [("HeadBucket", lambda: client.head_bucket(Bucket=self.bucket)),
+                 ("ListObjectsV2", lambda: client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""),
+                                                                  MaxKeys=1))]
+        if write:
+            steps.append(("PutObject", lambda: client.put_object(Bucket=self.bucket, Key=marker,
+                                                                 Body=b"written by pinterest_platform\n")))
+        where = f"s3://{self.bucket}" + (f"/{self.prefix.strip('/')}" if self.prefix.strip("/") else "")
+        endpoint = self.s3_resource().endpoint_url
+        for operation, call in steps:
+            try:
+                call()
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+                if code in ("404", "NoSuchBucket"):
+                    why = "the bucket does not exist"
+                elif code in ("403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+                              "SignatureDoesNotMatch", "ExpiredToken"):
+                    why = f"permission denied ({code}) for the current AWS credentials"
+                else:
+                    why = f"{code}: {error.get('Message', exc)}"
+                raise LakeAccessError(f"lake {where}: {operation} on bucket {self.bucket!r} failed: {why}") from None
+            except BotoCoreError as exc:
+                raise LakeAccessError(f"lake {where}: {operation} on bucket {self.bucket!r} failed: {exc}"
+                                      + (f" (endpoint {endpoint})" if endpoint else "")) from None
+
     def write_bytes(self, path: str, data: bytes) -> None:
         # a PUT is atomic: readers see the whole object or none
-        self.s3.get_client().put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
+        self.client().put_object(Bucket=self.bucket, Key=self._key(path), Body=data)
 
     def read_bytes(self, path: str) -> bytes:
-        return self.s3.get_client().get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+        return self.client().get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
 
     def list_files(self, prefix: str) -> list[LakeFile]:
-        client = self.s3.get_client()
+        client = self.client()
         base = self._key("")
         files = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
@@ -128,3 +180,34 @@ class S3LakeResource(LakeResource):
                 rel = obj["Key"][len(base):].lstrip("/") if base else obj["Key"]
                 files.append(LakeFile(rel, obj["Size"], obj["LastModified"].timestamp()))
         return sorted(files, key=lambda f: f.path)
+
+
+class LocalS3LakeResource(S3LakeResource):
+    """An `s3://` lake in the local profile: the stack's moto (an explicit AWS_ENDPOINT_URL wins), with
+    dummy credentials unless some are set, so no request can reach real AWS by accident."""
+
+    endpoint: str | None = Field(default=None, description="empty: AWS_ENDPOINT_URL, else the stack's moto")
+    region: str = "us-east-1"
+
+    def s3_resource(self) -> S3Resource:
+        endpoint = self.endpoint or load_settings().s3_endpoint_url()
+        if not endpoint:
+            raise LakeAccessError(
+                f"lake s3://{self.bucket}: no S3 endpoint in the local profile: run `pinterest-platform stack up` "
+                "(it serves S3 with moto and creates the bucket) or set AWS_ENDPOINT_URL")
+        return S3Resource(endpoint_url=endpoint, region_name=self.region,
+                          aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
+                          aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
+                          aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket on moto when it is missing (local profile only). True when it was created."""
+        client = self.client()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+            return False
+        except client.exceptions.ClientError:
+            location = {} if self.region == "us-east-1" else {
+                "CreateBucketConfiguration": {"LocationConstraint": self.region}}
+            client.create_bucket(Bucket=self.bucket, **location)
+            return True
