@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from pinterest_platform import contract
+from pinterest_platform.jobs.commit_lock import table_write_lock
 
 MANIFEST_DIR = "_manifests"
 
@@ -25,7 +26,8 @@ def ensure_table(spark, uri: str, schema, properties: dict[str, str] | None = No
         for key, value in (properties or {}).items():
             writer = writer.option(key, value)  # `delta.*` writer options become table properties on creation
         # mode ignore: another writer creating the table at the same moment is not an error
-        writer.mode("ignore").save(uri)
+        with table_write_lock(spark, uri):
+            writer.mode("ignore").save(uri)
 
 
 def _rows_differ(columns: list[str]) -> str:
@@ -37,16 +39,17 @@ def upsert_by_ind(spark, uri: str, rows, schema) -> None:
     """MERGE rows (one per ind) into the Delta table at uri, creating it with the contract schema."""
     from delta.tables import DeltaTable
 
-    if not _table_exists(spark, uri):
-        # first load: nothing to match against, so a plain write skips MERGE's join
-        rows.write.format("delta").mode("errorifexists").save(uri)
-        return
-    columns = schema.fieldNames()
-    (DeltaTable.forPath(spark, uri).alias("t")
-        .merge(rows.alias("s"), "t.ind = s.ind")
-        .whenMatchedUpdateAll(condition=_rows_differ([c for c in columns if c != "ind"]))
-        .whenNotMatchedInsertAll()
-        .execute())
+    with table_write_lock(spark, uri):
+        if not _table_exists(spark, uri):
+            # first load: nothing to match against, so a plain write skips MERGE's join
+            rows.write.format("delta").mode("errorifexists").save(uri)
+            return
+        columns = schema.fieldNames()
+        (DeltaTable.forPath(spark, uri).alias("t")
+            .merge(rows.alias("s"), "t.ind = s.ind")
+            .whenMatchedUpdateAll(condition=_rows_differ([c for c in columns if c != "ind"]))
+            .whenNotMatchedInsertAll()
+            .execute())
 
 
 def append_quarantine(spark, uri: str, rows) -> None:
@@ -54,10 +57,11 @@ def append_quarantine(spark, uri: str, rows) -> None:
     from delta.tables import DeltaTable
 
     ensure_table(spark, uri, contract.QUARANTINE_SCHEMA)
-    (DeltaTable.forPath(spark, uri).alias("t")
-        .merge(rows.alias("s"), "t.source = s.source AND t.origin <=> s.origin AND t.raw <=> s.raw")
-        .whenNotMatchedInsertAll()
-        .execute())
+    with table_write_lock(spark, uri):
+        (DeltaTable.forPath(spark, uri).alias("t")
+            .merge(rows.alias("s"), "t.source = s.source AND t.origin <=> s.origin AND t.raw <=> s.raw")
+            .whenNotMatchedInsertAll()
+            .execute())
 
 
 def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +122,9 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
 
         schema = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
                                T.StructField("kind", T.StringType())])
-        (spark.createDataFrame(manifest_rows, schema).withColumn("processed_at", F.current_timestamp())
-         .write.format("delta").mode("append").save(params["manifest_uri"]))
+        with table_write_lock(spark, params["manifest_uri"]):
+            (spark.createDataFrame(manifest_rows, schema).withColumn("processed_at", F.current_timestamp())
+             .write.format("delta").mode("append").save(params["manifest_uri"]))
     return results
 
 
@@ -142,8 +147,9 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
     results = {}
     for name in contract.ANALYTICS_TABLES:
         df = outputs[name].persist()
-        (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-         .save(f"{tables_root}/{name}"))
+        uri = f"{tables_root}/{name}"
+        with table_write_lock(spark, uri):
+            df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(uri)
         rows = [r.asDict() for r in df.collect()] if preview_rows else []
         count = len(rows) if preview_rows else df.count()
         df.unpersist()

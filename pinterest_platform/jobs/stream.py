@@ -30,6 +30,7 @@ from typing import Any
 
 from pinterest_platform import contract
 from pinterest_platform.jobs import batch as batch_jobs
+from pinterest_platform.jobs.commit_lock import table_write_lock
 from pinterest_platform.streaming.kinesis_source import FORMAT_NAME as LOCAL_FORMAT
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,9 @@ def write_batch(spark, kind: str, batch_df, batch_id: int, *, table_uri: str, qu
             batch_jobs.upsert_by_ind(spark, table_uri, cleaned_rows(kind, latest), contract.CLEANED_SCHEMAS[kind])
         if quarantined:
             # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
-            (quarantine_rows(kind, cleaned).write.format("delta").mode("append").option("txnAppId", app_id)
-             .option("txnVersion", batch_id).save(quarantine_uri))
+            with table_write_lock(spark, quarantine_uri):
+                (quarantine_rows(kind, cleaned).write.format("delta").mode("append").option("txnAppId", app_id)
+                 .option("txnVersion", batch_id).save(quarantine_uri))
         with stats.lock:
             stats.batches += 1
             stats.records += records
@@ -381,6 +383,15 @@ def stream_command(args) -> int:
             print("error: no Kinesis endpoint: run `pinterest-platform stack up` or set AWS_ENDPOINT_URL",
                   flush=True)
             return 2
+    from pinterest_platform.definitions import lake_resource
+    from pinterest_platform.resources.lake import LakeAccessError
+    from pinterest_platform.resources.spark import apply_s3a_conf
+
+    try:
+        lake_resource(settings).check_access(write=True)
+    except LakeAccessError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
     lake_root = settings.lake_root.rstrip("/")
     params = {
         "prefix": settings.topic_prefix,
@@ -402,7 +413,9 @@ def stream_command(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        result = stream(local_spark_session(), params)
+        spark = local_spark_session()
+        apply_s3a_conf(spark, settings)
+        result = stream(spark, params)
     except (ValueError, RuntimeError, BotoCoreError, ClientError) as exc:
         print(f"error: {exc}", flush=True)
         return 1

@@ -1,7 +1,8 @@
-"""Spark: one job seam for both profiles.
+"""Spark: one job seam for every place Spark runs.
 
 A Spark job is a plain function `job(spark, params) -> dict` registered in `pinterest_platform.jobs`.
-`LocalSparkResource` runs it in-process on a shared local SparkSession with Delta; the Databricks
+`LocalSparkResource` runs it on this process's SparkSession (Delta, S3A), whose executors are in-process,
+on the stack's standalone cluster or on any cluster PINTEREST_SPARK_MASTER names; the Databricks
 implementation runs the same function on a job cluster under Dagster Pipes. Assets only call
 `SparkResource.run_job`, so no asset body knows where Spark runs."""
 
@@ -16,7 +17,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from pinterest_platform.settings import project_root
+from pinterest_platform.settings import Settings, load_settings, project_root
 
 _session_lock = threading.Lock()
 _session = None
@@ -27,36 +28,155 @@ def jars_dir() -> Path:
     return Path(os.environ.get("PINTEREST_JARS_DIR") or default)
 
 
-def delta_jars() -> list[str]:
-    folder = jars_dir() / "delta"
+def _jars(component: str, what: str) -> list[str]:
+    folder = jars_dir() / component
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     if not jars:
         raise RuntimeError(
-            f"Delta jars not found in {folder}. Run `make install` (or `jvm/fetch.sh`) once to fetch them "
-            "from Maven Central; Spark then starts offline."
-        )
+            f"{what} jars not found in {folder}. Run `make install` (or `jvm/fetch.sh`) once to fetch them "
+            "from Maven Central; Spark then starts offline.")
     return jars
 
 
+def delta_jars() -> list[str]:
+    return _jars("delta", "Delta")
+
+
+def s3_jars() -> list[str]:
+    """hadoop-aws and the AWS SDK bundle, at the Hadoop version inside pyspark (see jvm/fetch.sh)."""
+    return _jars("s3", "S3A (hadoop-aws + AWS SDK)")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def spark_master(settings: Settings | None = None) -> str:
+    """PINTEREST_SPARK_MASTER, else the stack's Spark cluster when `stack up --spark-cluster` started one,
+    else in-process `local[2]`."""
+    settings = settings or load_settings()
+    if settings.spark_master:
+        return settings.spark_master
+    if settings.env == "local":
+        stack_master = settings.stack_endpoints().get("spark_master_url")
+        if stack_master:
+            return stack_master
+    return "local[2]"
+
+
+def master_host(master: str) -> str | None:
+    """The host of a spark:// master (None for local[*] and other masters)."""
+    if not master.startswith("spark://"):
+        return None
+    return master.removeprefix("spark://").split(",")[0].rsplit(":", 1)[0].strip("[]")
+
+
+def executors_share_this_filesystem(master: str) -> bool:
+    """In-process Spark and a standalone cluster on this machine see this machine's files; others do not."""
+    if master.startswith("local"):
+        return True
+    host = master_host(master)
+    return host is not None and host in LOOPBACK_HOSTS
+
+
+def check_lake_visible_to_executors(settings: Settings, master: str) -> None:
+    """Executors on other machines cannot read a folder of this one: the lake must be on S3 there."""
+    if not executors_share_this_filesystem(master) and not settings.lake_is_s3:
+        raise RuntimeError(
+            f"the lake {settings.lake_root} is a folder on this machine, but Spark master {master} runs "
+            "executors elsewhere, which cannot see it: set PINTEREST_LAKE_ROOT=s3://<bucket>/<prefix>")
+
+
+def check_master_reachable(master: str, timeout: float = 3.0) -> None:
+    """A standalone master that does not answer would leave the driver retrying for minutes: say so now."""
+    import socket
+
+    host = master_host(master)
+    if host is None:
+        return
+    port = int(master.removeprefix("spark://").split(",")[0].rsplit(":", 1)[1])
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        hint = ("start it with `pinterest-platform stack up --spark-cluster`, or `stack down` to forget it"
+                if host in LOOPBACK_HOSTS else "check PINTEREST_SPARK_MASTER")
+        raise RuntimeError(f"Spark master {master} does not answer ({exc}): {hint}") from None
+
+
+def s3a_conf(settings: Settings | None = None) -> dict[str, str]:
+    """Hadoop S3A settings (as `spark.hadoop.*`) for the lake, the same on the driver and every executor.
+
+    `s3://` URIs go through S3A too, so the lake URIs are the same as on Databricks and in delta-rs. Locally:
+    the stack's moto (AWS_ENDPOINT_URL wins), path-style access, dummy credentials. On AWS: the default
+    credential chain of the AWS SDK (environment, SSO or profile, instance or pod role), nothing stored."""
+    settings = settings or load_settings()
+    conf = {
+        "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+        "fs.s3a.endpoint.region": settings.aws_region,
+    }
+    endpoint = settings.s3_endpoint_url()
+    if settings.env == "local":
+        conf.update({
+            "fs.s3a.path.style.access": "true",
+            "fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+            "fs.s3a.access.key": os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
+            "fs.s3a.secret.key": os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
+        })
+    else:
+        conf["fs.s3a.aws.credentials.provider"] = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+    if endpoint:
+        conf["fs.s3a.endpoint"] = endpoint
+        conf["fs.s3a.connection.ssl.enabled"] = str(endpoint.startswith("https://")).lower()
+    return {f"spark.hadoop.{key}": value for key, value in conf.items()}
+
+
+def apply_s3a_conf(spark, settings: Settings | None = None) -> None:
+    """Refresh the session's S3A settings (the stack may have started after the session did)."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set it live
+    for key, value in s3a_conf(settings).items():
+        hadoop.set(key.removeprefix("spark.hadoop."), value)
+
+
+def _package_zip() -> str:
+    """This package as a zip for executors on other machines (they import the Kinesis source from it)."""
+    import tempfile
+    import zipfile
+
+    package = Path(__file__).resolve().parent.parent
+    target = Path(tempfile.mkdtemp(prefix="pinterest_platform_pyfiles_")) / "pinterest_platform.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in package.rglob("*.py"):
+            archive.write(path, path.relative_to(package.parent))
+    return str(target)
+
+
 def local_spark_session(extra_conf: dict[str, str] | None = None):
-    """The process's one SparkSession (local[*], Delta, UTC). Start-up costs 7-15 s, so it is shared."""
+    """The process's one SparkSession, with Delta and S3A, in UTC. Start-up costs 7-15 s, so it is shared.
+
+    The master is `spark_master()`: in-process by default, the stack's standalone cluster while it runs,
+    or PINTEREST_SPARK_MASTER. Executors then run in other processes (or machines): they get the jars,
+    the S3A settings and, off this machine, this package as a py-file; nothing else of the driver's."""
     global _session
     with _session_lock:
         if _session is not None and _session._jsc is not None:  # noqa: SLF001 - stopped sessions drop _jsc
             return _session
+        settings = load_settings()
+        master = spark_master(settings)
+        shared_fs = executors_share_this_filesystem(master)
+        check_lake_visible_to_executors(settings, master)
+        check_master_reachable(master)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         from pyspark.sql import SparkSession
 
+        jars = [*delta_jars(), *s3_jars()]
         conf = {
-            "spark.jars": ",".join(delta_jars()),
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
             "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
             # source datetimes carry no zone: they are UTC, and so is every year we take from them
             "spark.sql.session.timeZone": "UTC",
-            "spark.driver.host": "127.0.0.1",
-            "spark.driver.bindAddress": "127.0.0.1",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             # small machine, small data: the default 200 shuffle / 50 snapshot partitions are pure overhead
@@ -67,14 +187,33 @@ def local_spark_session(extra_conf: dict[str, str] | None = None):
             "spark.sql.sources.partitionOverwriteMode": "dynamic",
             "spark.driver.memory": os.environ.get("PINTEREST_SPARK_DRIVER_MEMORY", "4g"),
             "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
+            # open-source Delta on S3 is safe for one writer per table: the jobs take the platform's lock
+            # around every commit (jobs/commit_lock.py); Databricks' commit service makes that unneeded there
+            "spark.pinterest.s3CommitLock": "true",
+            **s3a_conf(settings),
         }
+        if shared_fs:
+            # same machine: put the jars on the class path directly instead of copying the 700 MB AWS SDK
+            # bundle to every executor at start
+            classpath = ":".join(jars)
+            conf.update({"spark.driver.extraClassPath": classpath, "spark.executor.extraClassPath": classpath,
+                         "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+        else:
+            conf["spark.jars"] = ",".join(jars)
+        if master.startswith("spark://"):
+            conf.update({
+                "spark.executor.memory": os.environ.get("PINTEREST_SPARK_EXECUTOR_MEMORY", "1g"),
+                "spark.executor.cores": "1",
+                "spark.cores.max": os.environ.get("PINTEREST_SPARK_CORES_MAX", "2"),
+            })
         conf.update(extra_conf or {})
-        builder = SparkSession.builder.master(os.environ.get("PINTEREST_SPARK_MASTER", "local[2]"))
-        builder = builder.appName("pinterest_platform")
+        builder = SparkSession.builder.master(master).appName("pinterest_platform")
         for key, value in conf.items():
             builder = builder.config(key, value)
         _session = builder.getOrCreate()
         _session.sparkContext.setLogLevel("ERROR")
+        if not shared_fs:
+            _session.sparkContext.addPyFile(_package_zip())
         return _session
 
 
@@ -94,7 +233,9 @@ class LocalSparkResource(SparkResource):
     """Runs jobs in this process on the shared local SparkSession (Delta jars from the local cache)."""
 
     def session(self):
-        return local_spark_session()
+        spark = local_spark_session()
+        apply_s3a_conf(spark)
+        return spark
 
     def kinesis_source_format(self) -> str:
         from pinterest_platform.streaming.kinesis_source import FORMAT_NAME
