@@ -32,15 +32,26 @@ def _dagster_instance():
 def table_summary(lake, names: list[str]) -> list[tuple[str, int | None]]:
     from pinterest_platform.assets.metadata import delta_row_count
 
-    options = lake.storage_options()
-    return [(name, delta_row_count(lake.table_uri(name), options)) for name in names]
+    try:
+        options = lake.storage_options()
+        return [(name, delta_row_count(lake.table_uri(name), options)) for name in names]
+    except Exception:  # noqa: BLE001 - a lake we cannot read has no rows to show; the run's error says why
+        return [(name, None) for name in names]
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
     from pinterest_platform import contract
     from pinterest_platform.definitions import defs
 
+    from pinterest_platform.resources.lake import LakeAccessError
+
     started = time.monotonic()
+    lake = defs.resources["lake"]
+    try:
+        lake.check_access(write=True)
+    except LakeAccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     instance = _dagster_instance()
     job = defs.get_job_def("batch_job")
     print(f"running batch_job (sink, clean, analytics) in the Dagster instance at {os.environ['DAGSTER_HOME']}",
@@ -49,7 +60,6 @@ def run_batch_command(args: argparse.Namespace) -> int:
         instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
     )
-    lake = defs.resources["lake"]
     rows = table_summary(lake, [*contract.EVENT_KINDS, contract.QUARANTINE_TABLE, *contract.ANALYTICS_TABLES])
     width = max(len(n) for n, _ in rows)
     print(f"\nlake: {lake.root_uri()}")
@@ -65,7 +75,13 @@ def run_batch_command(args: argparse.Namespace) -> int:
           + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""))
     if not result.success:
         for event in result.all_events:
-            if event.is_failure:
+            if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error is not None:
+                # the user's error is the innermost cause, not Dagster's "error while executing op" wrapper
+                error = event.event_specific_data.error
+                while error.cause is not None:
+                    error = error.cause
+                print(f"{event.step_key} failed: {error.message.strip()}", file=sys.stderr)
+            elif event.is_failure:
                 print(event.message, file=sys.stderr)
     return 0 if result.success else 1
 
@@ -120,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="start, stop or check the embedded local stack")
     stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--spark-cluster", action="store_true",
+                       help="up: also start a Spark standalone master and two workers (stays until `down`)")
 
     seed = sub.add_parser("seed", help="create the synthetic source database")
     seed.add_argument("--events", type=int, required=True, help="number of posting events")
@@ -164,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stack":
-        return _call("pinterest_platform.local_stack:stack_command", action=args.action)
+        return _call("pinterest_platform.local_stack:stack_command", action=args.action,
+                     spark_cluster=args.spark_cluster)
     if args.command == "seed":
         return _call("pinterest_platform.datagen.cli_seed:seed_command", **vars(args))
     if args.command == "emulate":

@@ -75,6 +75,7 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
     from pinterest_platform.ingestion.raw_sink import sink_topics
 
     topics = {kind: contract.topic_name(PREFIX, kind) for kind in contract.EVENT_KINDS}
+    lake.check_access(write=True)  # a missing bucket or permission fails here, before a record is consumed
     started = time.monotonic()
     report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
                          log=context.log.info)
@@ -160,6 +161,7 @@ def conservation_check(kind: str, counts: dict) -> dg.AssetCheckResult:
 )
 def cleaned_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource):
     """Clean raw files not yet processed and upsert them by ind into Delta (bad records to quarantine)."""
+    lake.check_access(write=True)
     files = new_raw_files(lake)
     new = sum(len(v) for v in files.values())
     context.log.info(f"{new} new raw files: " + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
@@ -210,6 +212,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake
 )
 def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource):
     """Compute the nine analytics tables in one Spark job, skipped when no cleaned table changed."""
+    lake.check_access(write=True)
     options = lake.storage_options()
     inputs = {kind: delta_version(lake.table_uri(kind), options) for kind in contract.EVENT_KINDS}
     try:

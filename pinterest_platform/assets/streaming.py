@@ -87,6 +87,7 @@ def stream_job_params(lake: LakeResource, kinesis: KinesisResource, spark: Spark
 def stream_available_now(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource,
                          kinesis: KinesisResource) -> dg.MaterializeResult:
     """Drains the Kinesis streams into the streaming Delta tables once (Structured Streaming, availableNow)."""
+    lake.check_access(write=True)
     result = spark.run_job(context, "stream", stream_job_params(lake, kinesis, spark))
     streams = result.get("streams", {})
     for kind, entry in streams.items():

@@ -21,6 +21,9 @@ def _print_status(report: dict) -> None:
     for name, item in report.items():
         if not item["healthy"] and item.get("error"):
             print(f"{name}: {item['error']}")
+    for item in report.values():
+        if item.get("ui"):
+            print(f"Spark master UI: {item['ui']}")
 
 
 def stack_command(args) -> int:
@@ -31,9 +34,12 @@ def stack_command(args) -> int:
         timeout = getattr(args, "timeout", None) or 60
         started = time.monotonic()
         try:
-            endpoints = stack.up(timeout=timeout)
+            endpoints = stack.up(timeout=timeout, spark_cluster=bool(getattr(args, "spark_cluster", False)))
         except RuntimeError as exc:
             print(f"stack up failed: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - e.g. the lake bucket could not be made: one line, not a trace
+            print(f"stack up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         elapsed = time.monotonic() - started
         report = stack.status()
@@ -41,6 +47,8 @@ def stack_command(args) -> int:
         print()
         for key, value in endpoints.items():
             print(f"{key} = {value}")
+        for note in stack.notes:
+            print(note)
         print(f"stack up in {elapsed:.1f} s (state: {stack.state_path})")
         return 0 if all(item["healthy"] for item in report.values()) else 1
     if action == "down":

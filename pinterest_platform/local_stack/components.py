@@ -24,6 +24,8 @@ LOOPBACK = "127.0.0.1"
 
 class Component:
     name: str = ""
+    # the key under which the stack publishes this component's endpoint (None: it publishes none)
+    endpoint_key: str | None = None
     # record key -> environment variable that pins it (absent: a free port picked once and persisted)
     port_envs: dict[str, str] = {}
 
@@ -67,6 +69,17 @@ class Component:
     def prepare(self, record: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def bind(self, records: dict) -> None:
+        """Learn what this component needs from the others' records (a worker: its master's URL)."""
+
+    def env(self, record: dict) -> dict[str, str] | None:
+        """The process environment (None: inherit this one)."""
+        return None
+
+    def endpoints(self, record: dict) -> dict[str, str]:
+        """What the stack publishes in state.json for resources and users to find."""
+        return {self.endpoint_key: self.endpoint(record)} if self.endpoint_key else {}
+
     def command(self, record: dict) -> list[str]:
         raise NotImplementedError
 
@@ -80,6 +93,10 @@ class Component:
     def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
         """None when healthy, else why not."""
         raise NotImplementedError
+
+    def check_record(self, record: dict, timeout: float = 3.0) -> str | None:
+        """Health from the component's record (components whose health is more than one endpoint)."""
+        return self.check(self.endpoint(record), timeout)
 
 
 # --- Kafka -------------------------------------------------------------------------------------------
@@ -218,6 +235,7 @@ class KafkaBroker(Component):
     """Apache Kafka, one combined broker+controller (KRaft) on loopback, data under `<stack>/kafka/data`."""
 
     name = "kafka"
+    endpoint_key = "kafka_bootstrap_servers"
     port_envs = {"port": "PINTEREST_KAFKA_PORT", "controller_port": "PINTEREST_KAFKA_CONTROLLER_PORT"}
 
     @property
@@ -316,6 +334,7 @@ class MotoServer(Component):
     """moto in server mode (S3, Kinesis and the rest of its AWS mocks) on loopback; state is in memory."""
 
     name = "moto"
+    endpoint_key = "aws_endpoint_url"
     port_envs = {"port": "PINTEREST_MOTO_PORT"}
 
     def command(self, record: dict) -> list[str]:
@@ -330,3 +349,136 @@ class MotoServer(Component):
 
     def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
         return moto_error(endpoint, timeout)
+
+
+# --- Spark standalone cluster (stack up --spark-cluster) ------------------------------------------------
+
+WORKERS = 2
+
+
+def spark_home() -> Path:
+    """The installed pyspark: its jars/ run the master and workers (pip's pyspark has no sbin/ scripts)."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+def scala_version() -> str:
+    """The Scala binary version of the installed pyspark ("2.13"), from its scala-library jar."""
+    jars = sorted((spark_home() / "jars").glob("scala-library-*.jar"))
+    match = re.match(r"scala-library-(\d+\.\d+)", jars[0].name) if jars else None
+    if not match:
+        raise RuntimeError(f"cannot tell the Scala version of pyspark from {spark_home() / 'jars'}")
+    return match.group(1)
+
+
+def spark_master_status(ui_url: str, timeout: float = 3.0) -> tuple[dict | None, str | None]:
+    """The master's /json/ document, or why it could not be read."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{ui_url}/json/", timeout=timeout) as response:
+            return json.loads(response.read()), None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return None, f"GET {ui_url}/json/ failed: {exc}"
+
+
+class _SparkDaemon(Component):
+    """A Spark standalone daemon: the pyspark jars on a JVM of their own, state and logs in the stack dir."""
+
+    main_class = ""
+
+    def java_command(self, *args: str, heap: str = "512m") -> list[str]:
+        home = spark_home()
+        return [java_executable(), f"-Xmx{heap}", "-Djava.awt.headless=true",
+                f"-Dspark.pinterest.component={self.name}",
+                "-cp", f"{home / 'conf'}:{home / 'jars'}/*", self.main_class, *args]
+
+    def env(self, record: dict) -> dict[str, str]:
+        return {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": LOOPBACK,
+                # what bin/load-spark-env.sh would export: the worker's launcher needs it to build executors
+                "SPARK_SCALA_VERSION": scala_version(),
+                "SPARK_LOG_DIR": str(self.dir), "SPARK_WORKER_DIR": str(self.dir / "work"),
+                # executors' Python workers: this interpreter (the project's venv)
+                "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
+
+    def preflight(self) -> None:
+        java_executable()
+
+    def marker(self, record: dict) -> str:
+        return f"-Dspark.pinterest.component={self.name}"
+
+
+class SparkMaster(_SparkDaemon):
+    """The standalone master on loopback; its web UI lists workers and applications."""
+
+    name = "spark_master"
+    endpoint_key = "spark_master_url"
+    main_class = "org.apache.spark.deploy.master.Master"
+    port_envs = {"port": "PINTEREST_SPARK_MASTER_PORT", "ui_port": "PINTEREST_SPARK_MASTER_UI_PORT"}
+
+    def command(self, record: dict) -> list[str]:
+        return self.java_command("--host", LOOPBACK, "--port", str(record["port"]),
+                                 "--webui-port", str(record["ui_port"]))
+
+    def endpoint(self, record: dict) -> str:
+        return f"spark://{LOOPBACK}:{record['port']}"
+
+    def ui_url(self, record: dict) -> str:
+        return f"http://{LOOPBACK}:{record['ui_port']}"
+
+    def endpoints(self, record: dict) -> dict[str, str]:
+        return {"spark_master_url": self.endpoint(record), "spark_master_ui": self.ui_url(record)}
+
+    def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
+        raise NotImplementedError("SparkMaster.check_record")
+
+    def check_record(self, record: dict, timeout: float = 3.0) -> str | None:
+        status, error = spark_master_status(self.ui_url(record), timeout)
+        if error:
+            return error
+        if status.get("status") != "ALIVE":
+            return f"master status {status.get('status')!r}"
+        return None
+
+
+class SparkWorker(_SparkDaemon):
+    """One standalone worker (1 core) registered with the stack's master."""
+
+    main_class = "org.apache.spark.deploy.worker.Worker"
+
+    def __init__(self, stack_dir: Path, index: int, master: SparkMaster):
+        self.index = index
+        self.name = f"spark_worker_{index}"
+        self.port_envs = {"port": f"PINTEREST_SPARK_WORKER_{index}_PORT",
+                          "ui_port": f"PINTEREST_SPARK_WORKER_{index}_UI_PORT"}
+        self.master = master
+        super().__init__(stack_dir)
+
+    def bind(self, records: dict) -> None:
+        master = records.get(self.master.name, {})
+        records[self.name]["master_url"] = self.master.endpoint(master)
+        records[self.name]["master_ui"] = self.master.ui_url(master)
+
+    def command(self, record: dict) -> list[str]:
+        memory = os.environ.get("PINTEREST_SPARK_WORKER_MEMORY", "2g")
+        return self.java_command("--host", LOOPBACK, "--port", str(record["port"]),
+                                 "--webui-port", str(record["ui_port"]), "--cores", "1", "--memory", memory,
+                                 "--work-dir", str(self.dir / "work"), record["master_url"], heap="256m")
+
+    def endpoint(self, record: dict) -> str:
+        return f"{LOOPBACK}:{record['port']}"
+
+    def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
+        raise NotImplementedError("SparkWorker.check_record")
+
+    def check_record(self, record: dict, timeout: float = 3.0) -> str | None:
+        status, error = spark_master_status(record.get("master_ui", ""), timeout)
+        if error:
+            return f"master not answering: {error}"
+        for worker in status.get("workers", []):
+            if int(worker.get("port", -1)) == int(record["port"]) and worker.get("state") == "ALIVE":
+                return None
+        return f"not registered with the master at {record.get('master_url')}"

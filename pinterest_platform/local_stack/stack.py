@@ -15,12 +15,20 @@ import time
 from pathlib import Path
 
 from pinterest_platform.local_stack import procs
-from pinterest_platform.local_stack.components import Component, KafkaBroker, MotoServer, kafka_metadata_error
+from pinterest_platform.local_stack.components import (
+    WORKERS,
+    Component,
+    KafkaBroker,
+    MotoServer,
+    SparkMaster,
+    SparkWorker,
+    kafka_metadata_error,
+)
 from pinterest_platform.settings import load_settings
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_KEYS = {"kafka": "kafka_bootstrap_servers", "moto": "aws_endpoint_url"}
+SPARK_COMPONENTS_PREFIX = "spark_"
 
 
 class LocalStack:
@@ -30,19 +38,37 @@ class LocalStack:
         self.state_dir = Path(state_dir).resolve() if state_dir else load_settings().state_dir
         self.stack_dir = self.state_dir / "stack"
         self.state_path = self.stack_dir / "state.json"
-        self.components: dict[str, Component] = {
-            "kafka": KafkaBroker(self.stack_dir), "moto": MotoServer(self.stack_dir)}
+        master = SparkMaster(self.stack_dir)
+        # start order: moto first (Kafka's one-time log-dir format takes a JVM start, moto boots meanwhile),
+        # and a Spark master before its workers
+        components: list[Component] = [MotoServer(self.stack_dir), KafkaBroker(self.stack_dir), master,
+                                       *(SparkWorker(self.stack_dir, i + 1, master) for i in range(WORKERS))]
+        self.components: dict[str, Component] = {c.name: c for c in components}
+        self.notes: list[str] = []
+
+    def _wanted(self, state: dict) -> list[Component]:
+        """Kafka unless an external broker is set, moto, and the Spark cluster while it is enabled."""
+        external = self._external_kafka()
+        cluster = bool(state.get("spark_cluster"))
+        return [c for c in self.components.values()
+                if not (c.name == "kafka" and external)
+                and (cluster or not c.name.startswith(SPARK_COMPONENTS_PREFIX))]
 
     # --- public API ------------------------------------------------------------------------------
 
-    def up(self, timeout: float = 60) -> dict:
-        """Start what is not running, wait until everything is healthy, return the endpoints."""
+    def up(self, timeout: float = 60, spark_cluster: bool = False) -> dict:
+        """Start what is not running, wait until everything is healthy, return the endpoints.
+
+        `spark_cluster` also starts a Spark standalone master and two workers; once started, the cluster
+        stays part of the stack (later `up`s keep it) until `down`."""
         deadline = time.monotonic() + timeout
         with self._lock():
             state = self._load()
             records = state.setdefault("components", {})
             external = self._external_kafka()
-            wanted = [c for c in self.components.values() if not (c.name == "kafka" and external)]
+            if spark_cluster:
+                state["spark_cluster"] = True
+            wanted = self._wanted(state)
 
             to_start: list[Component] = []
             taken: set[int] = set()  # ports of running components and of those assigned below
@@ -66,12 +92,12 @@ class LocalStack:
 
             started: list[Component] = []
             try:
-                # moto first: Kafka's one-time log-dir format takes a JVM start, moto boots meanwhile
-                for comp in sorted(to_start, key=lambda c: c.name != "moto"):
+                for comp in to_start:
                     record = records[comp.name]
+                    comp.bind(records)
                     comp.prepare(record)
                     cmd = comp.command(record)
-                    pid = procs.spawn(cmd, cwd=comp.dir, log_path=comp.console_log)
+                    pid = procs.spawn(cmd, cwd=comp.dir, log_path=comp.console_log, env=comp.env(record))
                     record.update(pid=pid, fingerprint=procs.fingerprint(pid), marker=comp.marker(record),
                                   command=cmd, log=str(comp.log_path), started_at=time.time())
                     started.append(comp)
@@ -85,12 +111,15 @@ class LocalStack:
                 self._save(state)
                 raise
 
-            endpoints = {ENDPOINT_KEYS[c.name]: c.endpoint(records[c.name]) for c in wanted}
+            endpoints: dict[str, str] = {}
+            for comp in wanted:
+                endpoints.update(comp.endpoints(records[comp.name]))
             if external:
                 endpoints["kafka_bootstrap_servers"] = external
-            state["endpoints"] = {key: endpoints[key] for key in ENDPOINT_KEYS.values() if key in endpoints}
+            state["endpoints"] = endpoints
             self._save(state)
-            return dict(state["endpoints"])
+            self.notes = self._ensure_lake_bucket(endpoints)
+            return dict(endpoints)
 
     def down(self) -> dict:
         """Stop every process this stack recorded (SIGTERM, then SIGKILL after 10 s). Returns what happened."""
@@ -111,17 +140,24 @@ class LocalStack:
             external = self._external_kafka()
             if external and result.get("kafka") == "not running":
                 result["kafka"] = f"external broker {external} left alone"
+            if not state.get("spark_cluster"):
+                for name in [n for n in result if n.startswith(SPARK_COMPONENTS_PREFIX)]:
+                    if result[name] == "not running":
+                        result.pop(name)
             state["endpoints"] = {}
+            state["spark_cluster"] = False
             if self.state_path.exists() or records:
                 self._save(state)
             return result
 
     def status(self) -> dict:
         """Per component: healthy, pid, endpoint, log (and error when unhealthy)."""
-        records = self._load().get("components", {})
+        state = self._load()
+        records = state.get("components", {})
         external = self._external_kafka()
         report = {}
-        for name, comp in self.components.items():
+        for comp in [c for c in self.components.values() if c.name == "kafka" or c in self._wanted(state)]:
+            name = comp.name
             if name == "kafka" and external:
                 error = kafka_metadata_error(external, timeout=5.0)
                 report[name] = {"healthy": error is None, "pid": None, "endpoint": external, "log": None,
@@ -130,13 +166,28 @@ class LocalStack:
             record = records.get(name, {})
             alive = procs.is_ours(record)
             endpoint = comp.endpoint(record) if record.get("port") else None
-            error = comp.check(endpoint, timeout=5.0) if alive else "not running"
+            error = comp.check_record(record, timeout=5.0) if alive else "not running"
             report[name] = {"healthy": alive and error is None, "pid": record.get("pid") if alive else None,
                             "endpoint": endpoint, "log": str(comp.log_path), "error": error}
+            if isinstance(comp, SparkMaster) and record.get("ui_port"):
+                report[name]["ui"] = comp.ui_url(record)
         return report
 
     def endpoints(self) -> dict:
         return dict(self._load().get("endpoints", {}))
+
+    @staticmethod
+    def _ensure_lake_bucket(endpoints: dict) -> list[str]:
+        """An s3:// lake in the local profile lives on moto: make its bucket, so no step is left to the user."""
+        settings = load_settings()
+        if settings.env != "local" or not settings.lake_is_s3:
+            return []
+        from pinterest_platform.resources.lake import LocalS3LakeResource
+
+        endpoint = settings.aws_endpoint_url or endpoints.get("aws_endpoint_url")
+        lake = LocalS3LakeResource(bucket=settings.lake_bucket, region=settings.aws_region, endpoint=endpoint)
+        created = lake.ensure_bucket()
+        return [f"lake bucket s3://{settings.lake_bucket} on {endpoint}: {'created' if created else 'present'}"]
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -212,7 +263,7 @@ class LocalStack:
                         f"{'' if code is None else f', exit code {code}'}). See {comp.log_path}.\n"
                         + self._log_tails(comp))
                 remaining = deadline - time.monotonic()
-                error = comp.check(comp.endpoint(record), timeout=max(0.5, min(3.0, remaining)))
+                error = comp.check_record(record, timeout=max(0.5, min(3.0, remaining)))
                 if error is None:
                     pending.pop(name)
                 else:
