@@ -42,7 +42,6 @@ def table_summary(lake, names: list[str]) -> list[tuple[str, int | None]]:
 def run_batch_command(args: argparse.Namespace) -> int:
     from pinterest_platform import contract
     from pinterest_platform.definitions import defs
-
     from pinterest_platform.resources.lake import LakeAccessError
 
     started = time.monotonic()
