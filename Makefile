@@ -24,7 +24,7 @@ java:
 	  { echo "Java 17+ is required for Spark and Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
 
 jars: java $(VENV)/.installed
-	./jvm/fetch.sh
+	PYTHON_FOR_JARS=$(BIN)/python ./jvm/fetch.sh
 
 ## demo: the whole pipeline end to end on the embedded local stack
 demo: install

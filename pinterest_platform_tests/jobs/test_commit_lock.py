@@ -26,6 +26,14 @@ def lease(client, uri: str, **kwargs) -> TableLease:
     return TableLease(client, uri, poll_s=0.05, **{"wait_s": 1.0, **kwargs})
 
 
+def run_concurrently(target, names: list[str]) -> None:
+    threads = [threading.Thread(target=target, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_second_writer_waits_then_fails_naming_the_holder(s3):
     client, uri = s3
     first = lease(client, uri, holder="writer-one")
@@ -58,11 +66,7 @@ def test_an_expired_lease_is_taken_over_exactly_once(s3):
         except TableLockTimeout as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=take, args=(f"taker-{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(take, [f"taker-{i}" for i in range(4)])
     assert len(winners) == 1, (winners, errors)
     assert len(errors) == 3
     # the crashed holder coming back must not delete the new holder's lease
@@ -89,10 +93,6 @@ def test_writers_under_the_lease_never_overlap(s3):
             held.release()
         done.append(name)
 
-    threads = [threading.Thread(target=write, args=(f"w{i}",)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(write, [f"w{i}" for i in range(3)])
     assert sorted(done) == ["w0", "w1", "w2"]
     assert overlaps == []
