@@ -8,7 +8,7 @@ export DAGSTER_HOME ?= $(PINTEREST_STATE_DIR)/dagster_home
 
 .PHONY: install jars java demo test dev stack-up stack-down stack-status bench lint clean
 
-## install: venv + pip upgrade + the package with dev extras + the JVM jars (Delta, Kafka) from Maven Central
+## install: venv + pip upgrade + the package with dev extras + the JVM jars (Delta, S3A, Kafka) from Maven Central
 install: $(VENV)/.installed jars
 
 $(VENV)/.installed: pyproject.toml
