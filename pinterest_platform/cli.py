@@ -92,9 +92,7 @@ def demo_command(args: argparse.Namespace) -> int:
     settings = load_settings()
     steps = [
         ("stack up", lambda: _call("pinterest_platform.local_stack:stack_command", action="up")),
-        (f"seed {args.events} events", lambda: _call("pinterest_platform.datagen.cli_seed:seed_command",
-                                                     events=args.events, seed=args.seed, db_url=None,
-                                                     no_progress=False)),
+        (f"seed {args.events} events", lambda: _seed_unless_seeded(args)),
         ("emulate --all --mode both", lambda: _call("pinterest_platform.ingestion.emulator:emulate_command",
                                                    mode="both", all=True, limit=None, rate=None, via="direct",
                                                    invoke_url=None, api_key=None, resume=False,
@@ -121,6 +119,20 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_unless_seeded(args: argparse.Namespace) -> int:
+    """The demo seeds an empty source database; one that holds rows (an earlier demo's) is kept as it is."""
+    from pinterest_platform.datagen import source_rows_held
+    from pinterest_platform.settings import load_settings
+
+    held = source_rows_held(load_settings().source_db_url)
+    if any(held.values()):
+        print(f"source database already holds {', '.join(f'{t}={n:,}' for t, n in held.items())}: kept "
+              "(`pinterest-platform seed --events N --replace` recreates it)", flush=True)
+        return 0
+    return _call("pinterest_platform.datagen.cli_seed:seed_command", events=args.events, seed=args.seed,
+                 db_url=None, no_progress=False, replace=False)
+
+
 def _call(target: str, **fields) -> int:
     import importlib
 
@@ -142,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--events", type=int, required=True, help="number of posting events")
     seed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     seed.add_argument("--db-url", default=None, help="SQLAlchemy URL (default PINTEREST_SOURCE_DB_URL)")
+    seed.add_argument("--replace", action="store_true",
+                      help="drop and recreate source tables that already hold rows (refused without it)")
     seed.add_argument("--no-progress", action="store_true")
 
     emulate = sub.add_parser("emulate", help="post source events to Kafka and/or Kinesis")

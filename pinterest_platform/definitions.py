@@ -80,9 +80,12 @@ def aws_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or load_settings()
     resources = aws_resources(settings) if settings.env == "aws" else local_resources(settings)
+    # the synthetic source is a local-profile feature: under aws the source tables are production data
+    source_assets = ([*source.SOURCE_TABLE_SPECS, source.source_seed] if settings.env == "local"
+                     else source.source_table_specs(seeded_by_platform=False))
     return dg.Definitions(
         assets=[
-            *source.SOURCE_TABLE_SPECS, source.source_seed,
+            *source_assets,
             *ingestion.KAFKA_TOPIC_SPECS, *ingestion.KINESIS_STREAM_SPECS, ingestion.post_events,
             *batch.BATCH_ASSETS,
             *streaming.STREAMING_ASSETS,

@@ -40,6 +40,16 @@ def test_profiles_pick_their_implementations(monkeypatch):
     assert type(local["kafka"]).__name__ == "LocalKafkaResource"
 
 
+def test_aws_profile_has_no_asset_that_writes_the_source(monkeypatch):
+    monkeypatch.setenv("PINTEREST_ENV", "aws")
+    graph = build_definitions(load_settings()).get_repository_def().asset_graph
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert "source/seed" not in keys
+    source_keys = [k for k in graph.get_all_asset_keys() if k.path[0] == "source"]
+    assert source_keys and all(graph.get(k).is_external for k in source_keys)
+    assert all(not graph.get(k).parent_keys for k in source_keys)
+
+
 def test_unknown_profile_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PINTEREST_ENV", "staging")
     with pytest.raises(ValueError, match="PINTEREST_ENV='staging'"):

@@ -1,7 +1,9 @@
 """The source database as Dagster assets: the seeding step, and the three §1 tables it writes.
 
-`source_seed` (re)creates the synthetic source database; the tables themselves are external assets
-(`SOURCE_TABLE_SPECS`), read by the event emulator, whose row counts the seed reports when it runs."""
+`source_seed` creates the synthetic source database of the local profile; the tables themselves are
+external assets (`source_table_specs`), read by the event emulator, whose row counts the seed reports when it
+runs. The seed never touches tables that hold rows unless its config says `replace: true`, and the aws
+profile does not have it at all: there the source is the production database."""
 
 # no `from __future__ import annotations`: Dagster reads the Config annotation at definition time
 import time
@@ -11,7 +13,7 @@ from pydantic import Field
 
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import OWNERS
-from pinterest_platform.datagen.generator import seed_source_database, source_tables
+from pinterest_platform.datagen.generator import seed_source_database, source_rows_held, source_tables
 from pinterest_platform.resources.source_db import SourceDatabaseResource, mask_url
 
 SOURCE_GROUP = "source"
@@ -33,33 +35,49 @@ def _column_schema(table_name: str) -> dg.TableSchema:
     ])
 
 
-SOURCE_TABLE_SPECS: list[dg.AssetSpec] = [
-    dg.AssetSpec(
-        key,
-        deps=[SEED_KEY],
-        group_name=SOURCE_GROUP,
-        kinds={"sqlite", "mysql", "table"},
-        owners=OWNERS,
-        description=_DESCRIPTIONS[table],
-        metadata={"dagster/column_schema": _column_schema(table), "dagster/table_name": table},
-    )
-    for table, key in SOURCE_TABLE_KEYS.items()
-]
+def source_table_specs(seeded_by_platform: bool) -> list[dg.AssetSpec]:
+    """The three source tables; downstream of `source/seed` only where the platform makes them (local)."""
+    return [
+        dg.AssetSpec(
+            key,
+            deps=[SEED_KEY] if seeded_by_platform else [],
+            group_name=SOURCE_GROUP,
+            kinds={"sqlite", "mysql", "table"},
+            owners=OWNERS,
+            description=_DESCRIPTIONS[table],
+            metadata={"dagster/column_schema": _column_schema(table), "dagster/table_name": table},
+        )
+        for table, key in SOURCE_TABLE_KEYS.items()
+    ]
+
+
+SOURCE_TABLE_SPECS = source_table_specs(seeded_by_platform=True)
 
 
 class SourceSeedConfig(dg.Config):
     events: int = Field(default=11_000, ge=0, description="posting events to generate (rows per table)")
     seed: int = Field(default=0, description="same seed and events -> identical rows")
+    replace: bool = Field(default=False, description="drop and recreate source tables that already hold rows")
 
 
 @dg.asset(key=SEED_KEY, group_name=SOURCE_GROUP, kinds={"sqlite", "python"}, owners=OWNERS)
 def source_seed(context: dg.AssetExecutionContext, config: SourceSeedConfig,
                 source_db: SourceDatabaseResource) -> dg.MaterializeResult:
-    """Recreate the source database with synthetic events faithful to DATA_CONTRACT.md §1."""
+    """Creates the synthetic source database (local profile); tables holding rows are kept unless `replace`."""
     started = time.monotonic()
-    counts = seed_source_database(source_db.url, events=config.events, seed=config.seed, progress=False)
-    seconds = round(time.monotonic() - started, 2)
     url = mask_url(source_db.url)
+    held = source_rows_held(source_db.url)
+    if any(held.values()) and not config.replace:
+        # "Materialize all" must never erase a source: keep it, say so, and report what it holds
+        context.log.warning(f"{url} already holds rows {held}: kept as it is (set `replace: true` to recreate it)")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": dg.MetadataValue.int(sum(held.values())),
+            **{f"rows/{table}": dg.MetadataValue.int(rows) for table, rows in held.items()},
+            "seeded": False, "url": url,
+        })
+    counts = seed_source_database(source_db.url, events=config.events, seed=config.seed, progress=False,
+                                  replace=config.replace)
+    seconds = round(time.monotonic() - started, 2)
     context.log.info(f"seeded {config.events} events into {url} in {seconds} s: {counts}")
     # the tables are external assets: record their new contents so the UI shows fresh row counts
     for table, rows in counts.items():
@@ -70,6 +88,7 @@ def source_seed(context: dg.AssetExecutionContext, config: SourceSeedConfig,
     return dg.MaterializeResult(metadata={
         "dagster/row_count": dg.MetadataValue.int(sum(counts.values())),
         **{f"rows/{table}": dg.MetadataValue.int(rows) for table, rows in counts.items()},
+        "seeded": True,
         "events": config.events,
         "seed": config.seed,
         "url": url,

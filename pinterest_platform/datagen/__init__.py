@@ -2,10 +2,13 @@
 
 from pinterest_platform.datagen.generator import (
     CHUNK_SIZE,
+    SourceNotEmptyError,
     generate_events,
     seed_source_database,
     source_engine,
+    source_rows_held,
     source_tables,
 )
 
-__all__ = ["CHUNK_SIZE", "generate_events", "seed_source_database", "source_engine", "source_tables"]
+__all__ = ["CHUNK_SIZE", "SourceNotEmptyError", "generate_events", "seed_source_database", "source_engine",
+           "source_rows_held", "source_tables"]

@@ -36,6 +36,8 @@ __all__ = [
     "CHUNK_SIZE",
     "generate_events",
     "seed_source_database",
+    "source_rows_held",
+    "SourceNotEmptyError",
     "source_engine",
     "source_tables",
 ]
@@ -488,12 +490,36 @@ def _count(conn: sa.Connection, table: sa.Table) -> int:
     return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
-def seed_source_database(url: str, events: int, seed: int = 0, progress: bool = True,
-                         replace: bool = True) -> dict[str, int]:
-    """(Re)create the three source tables at `url` and fill them with `events` events; returns rows per table.
+class SourceNotEmptyError(ValueError):
+    """The source tables already hold rows, and nobody said to replace them."""
 
-    replace=True drops and recreates the tables; replace=False creates missing ones and refuses to add to
-    tables that already hold rows (the keys would collide)."""
+    def __init__(self, held: dict[str, int]):
+        self.held = held
+        rows = ", ".join(f"{name}={count:,}" for name, count in held.items())
+        super().__init__(f"the source database already holds rows ({rows}); left untouched. "
+                         "Seeding drops and recreates the three tables only when told to "
+                         "(`pinterest-platform seed --replace`, or the asset's `replace: true`).")
+
+
+def source_rows_held(url: str) -> dict[str, int]:
+    """Rows in each source table at `url` (0 for a table that does not exist)."""
+    metadata = sa.MetaData()
+    tables = source_tables(metadata)
+    engine = source_engine(url)
+    try:
+        with engine.connect() as conn:
+            existing = set(sa.inspect(conn).get_table_names())
+            return {name: (_count(conn, table) if name in existing else 0) for name, table in tables.items()}
+    finally:
+        engine.dispose()
+
+
+def seed_source_database(url: str, events: int, seed: int = 0, progress: bool = True,
+                         replace: bool = False) -> dict[str, int]:
+    """Create the three source tables at `url` and fill them with `events` events; returns rows per table.
+
+    Tables that already hold rows are never touched unless `replace=True`, which drops and recreates them
+    (SourceNotEmptyError otherwise): a source database may be someone's real data."""
     if events < 0:
         raise ValueError(f"events must be >= 0, got {events}")
     metadata = sa.MetaData()
@@ -507,7 +533,7 @@ def seed_source_database(url: str, events: int, seed: int = 0, progress: bool = 
             if not replace:
                 held = {name: _count(conn, table) for name, table in tables.items()}
                 if any(held.values()):
-                    raise ValueError(f"source database already holds rows {held}; seed with replace=True")
+                    raise SourceNotEmptyError(held)
 
         pin_t, geo_t, user_t = tables[SOURCE_PIN_TABLE], tables[SOURCE_GEO_TABLE], tables[SOURCE_USER_TABLE]
         pins: list[dict] = []

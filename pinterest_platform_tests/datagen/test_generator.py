@@ -14,7 +14,13 @@ import pytest
 import sqlalchemy as sa
 
 from pinterest_platform import contract
-from pinterest_platform.datagen import generator, seed_source_database, source_engine, source_tables
+from pinterest_platform.datagen import (
+    SourceNotEmptyError,
+    generator,
+    seed_source_database,
+    source_engine,
+    source_tables,
+)
 from pinterest_platform.datagen.generator import generate_events
 
 PIN, GEO, USER = contract.SOURCE_PIN_TABLE, contract.SOURCE_GEO_TABLE, contract.SOURCE_USER_TABLE
@@ -240,9 +246,10 @@ def test_twenty_thousand_events_in_chunks_are_fast(tmp_path):
 
 def test_replace_recreates_and_no_replace_refuses_to_append(tmp_path):
     url, _ = seeded(tmp_path, 50, seed=1)
-    assert seed_source_database(url, 30, seed=2, progress=False) == {PIN: 30, GEO: 30, USER: 30}
-    with pytest.raises(ValueError, match="already holds rows"):
-        seed_source_database(url, 10, progress=False, replace=False)
+    with pytest.raises(SourceNotEmptyError, match="already holds rows .*left untouched"):
+        seed_source_database(url, 10, progress=False)  # never replaced unless asked
+    assert {n: len(r) for n, r in read_tables(url).items()} == {PIN: 50, GEO: 50, USER: 50}
+    assert seed_source_database(url, 30, seed=2, progress=False, replace=True) == {PIN: 30, GEO: 30, USER: 30}
     assert {n: len(r) for n, r in read_tables(url).items()} == {PIN: 30, GEO: 30, USER: 30}
 
 
@@ -297,11 +304,61 @@ def test_source_seed_asset_reports_counts(tmp_path):
     assert all(s.group_name == "source" for s in SOURCE_TABLE_SPECS)
 
 
+def test_seed_asset_keeps_a_source_that_holds_rows(tmp_path):
+    """"Materialize all" runs the seed with its default config: it must never erase what is there."""
+    import dagster as dg
+
+    from pinterest_platform.assets.source import SOURCE_TABLE_SPECS, SourceSeedConfig, source_seed
+    from pinterest_platform.resources.source_db import SqliteSourceDatabase
+
+    url, _ = seeded(tmp_path, 40, seed=4)
+    before = read_tables(url)
+
+    def materialize(config: SourceSeedConfig):
+        result = dg.materialize([source_seed, *SOURCE_TABLE_SPECS], selection=[source_seed],
+                                instance=dg.DagsterInstance.ephemeral(),
+                                resources={"source_db": SqliteSourceDatabase(url=url)},
+                                run_config=dg.RunConfig({"source__seed": config}))
+        assert result.success
+        return result.asset_materializations_for_node("source__seed")[-1].metadata
+
+    kept = materialize(SourceSeedConfig(events=10, seed=9))
+    assert kept["seeded"].value is False and kept["dagster/row_count"].value == 120
+    assert read_tables(url) == before
+    replaced = materialize(SourceSeedConfig(events=10, seed=9, replace=True))
+    assert replaced["seeded"].value is True
+    assert {n: len(r) for n, r in read_tables(url).items()} == {PIN: 10, GEO: 10, USER: 10}
+
+
+def test_seed_command_refuses_a_non_empty_source_unless_replace(tmp_path, capsys):
+    from pinterest_platform.datagen.cli_seed import seed_command
+
+    url, _ = seeded(tmp_path, 30, seed=1)
+    args = argparse.Namespace(events=5, seed=0, db_url=url, no_progress=True, replace=False)
+    assert seed_command(args) == 1
+    err = capsys.readouterr().err
+    assert "already holds rows" in err and "--replace" in err
+    assert {n: len(r) for n, r in read_tables(url).items()} == {PIN: 30, GEO: 30, USER: 30}
+    args.replace = True
+    assert seed_command(args) == 0
+    assert {n: len(r) for n, r in read_tables(url).items()} == {PIN: 5, GEO: 5, USER: 5}
+
+
+def test_seed_command_refuses_the_aws_profiles_source(monkeypatch, capsys):
+    from pinterest_platform.datagen.cli_seed import seed_command
+
+    monkeypatch.setenv("PINTEREST_ENV", "aws")
+    monkeypatch.setenv("PINTEREST_SOURCE_DB_URL", "mysql+pymysql://u:p@127.0.0.1:1/prod")
+    args = argparse.Namespace(events=5, seed=0, db_url=None, no_progress=True, replace=True)
+    assert seed_command(args) == 2
+    assert "refusing under PINTEREST_ENV=aws" in capsys.readouterr().err
+
+
 # --- MariaDB --------------------------------------------------------------------------------------
 
 @pytest.mark.mysql
 def test_mariadb_data_set_is_faithful(mariadb_url):
-    counts = seed_source_database(mariadb_url, 500, seed=0, progress=False)
+    counts = seed_source_database(mariadb_url, 500, seed=0, progress=False, replace=True)
     assert counts == {PIN: 500, GEO: 500, USER: 500}
     rows = read_tables(mariadb_url)
     check_faithful(rows, 500)
@@ -315,8 +372,8 @@ def test_mariadb_data_set_is_faithful(mariadb_url):
 
 @pytest.mark.mysql
 def test_mariadb_schema_and_reseed(mariadb_url):
-    seed_source_database(mariadb_url, 40, seed=1, progress=False)
-    assert seed_source_database(mariadb_url, 25, seed=2, progress=False) == {PIN: 25, GEO: 25, USER: 25}
+    seed_source_database(mariadb_url, 40, seed=1, progress=False, replace=True)
+    assert seed_source_database(mariadb_url, 25, seed=2, progress=False, replace=True) == {PIN: 25, GEO: 25, USER: 25}
     engine = source_engine(mariadb_url.replace("?charset=utf8mb4", ""))
     try:
         assert engine.url.query["charset"] == "utf8mb4"  # added when the URL lacks it

@@ -465,7 +465,7 @@ def test_mariadb_source_delivers_exactly_n(mariadb_url, kafka, kinesis, tmp_path
     from pinterest_platform.datagen import source_engine
 
     n = 300
-    assert set(seed_source_database(mariadb_url, n, seed=11, progress=False).values()) == {n}
+    assert set(seed_source_database(mariadb_url, n, seed=11, progress=False, replace=True).values()) == {n}
     # the expected rows, read back through SQLite so the same independent reader compares them
     copy = tmp_path / "copy.db"
     seed_source_database(f"sqlite:///{copy}", n, seed=11, progress=False)
