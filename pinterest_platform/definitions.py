@@ -10,7 +10,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from pinterest_platform.assets import batch, checks, ingestion, source, streaming
-from pinterest_platform.resources.kafka import LocalKafkaResource, MskKafkaResource
+from pinterest_platform.resources.kafka import LocalKafkaResource, msk_resource
 from pinterest_platform.resources.kinesis import AwsKinesisResource, LocalKinesisResource
 from pinterest_platform.resources.lake import LakeResource, LocalLakeResource, LocalS3LakeResource, S3LakeResource
 from pinterest_platform.resources.source_db import MySqlSourceDatabase, SqliteSourceDatabase
@@ -68,8 +68,7 @@ def aws_resources(settings: Settings) -> dict:
         wheel=settings.databricks_wheel, existing_cluster_id=settings.databricks_cluster_id,
     )
     return {
-        "kafka": MskKafkaResource(bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS"),
-                                  region=settings.aws_region, auth=settings.msk_auth),
+        "kafka": msk_resource(settings, bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
         "kinesis": AwsKinesisResource(region=settings.aws_region),
         "lake": lake,
         "source_db": MySqlSourceDatabase(url=dg.EnvVar("PINTEREST_SOURCE_DB_URL")),

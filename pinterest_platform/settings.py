@@ -37,6 +37,9 @@ class Settings:
     gateway_url: str | None
     gateway_api_key: str | None
     msk_auth: str  # iam | tls
+    msk_ssl_ca_location: str | None
+    msk_ssl_certificate_location: str | None
+    msk_ssl_key_location: str | None
     databricks_wheel: str | None
     databricks_cluster_id: str | None
     spark_master: str | None  # None: the stack's Spark cluster when it runs, else in-process local[2]
@@ -95,6 +98,9 @@ def load_settings() -> Settings:
         gateway_url=_env("PINTEREST_GATEWAY_URL"),
         gateway_api_key=_env("PINTEREST_API_KEY"),
         msk_auth=_env("MSK_AUTH", "iam"),
+        msk_ssl_ca_location=_env("MSK_SSL_CA_LOCATION"),
+        msk_ssl_certificate_location=_env("MSK_SSL_CERTIFICATE_LOCATION"),
+        msk_ssl_key_location=_env("MSK_SSL_KEY_LOCATION"),
         databricks_wheel=_env("DATABRICKS_WHEEL"),
         databricks_cluster_id=_env("DATABRICKS_CLUSTER_ID"),
         spark_master=_env("PINTEREST_SPARK_MASTER"),

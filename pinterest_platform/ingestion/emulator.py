@@ -889,13 +889,12 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
 
 def resources_from_settings(settings) -> tuple[Any, Any]:
     """(KafkaResource, KinesisResource) for the active profile."""
-    from pinterest_platform.resources.kafka import LocalKafkaResource, MskKafkaResource
+    from pinterest_platform.resources.kafka import LocalKafkaResource, msk_resource
     from pinterest_platform.resources.kinesis import AwsKinesisResource, LocalKinesisResource
 
     if settings.env == "local":
         return LocalKafkaResource(), LocalKinesisResource(region=settings.aws_region)
-    kafka = (MskKafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers, region=settings.aws_region)
-             if settings.kafka_bootstrap_servers else None)
+    kafka = msk_resource(settings) if settings.kafka_bootstrap_servers else None
     return kafka, AwsKinesisResource(region=settings.aws_region)
 
 

@@ -86,37 +86,66 @@ class LocalKafkaResource(KafkaResource):
         return {"bootstrap.servers": self.resolved_bootstrap_servers(), "security.protocol": "PLAINTEXT"}
 
 
-def _msk_iam_token(region: str):
-    """OAUTHBEARER callback: a SigV4-signed token from the default AWS credential chain."""
+def msk_iam_token(region: str) -> tuple[str, float]:
+    """An MSK IAM auth token: a SigV4-presigned `kafka-cluster:Connect` URL signed locally with the default
+    AWS credential chain (no network call), and its expiry in epoch seconds."""
     from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 
-    def callback(_config: str):
-        token, expiry_ms = MSKAuthTokenProvider.generate_auth_token(region)
-        return token, expiry_ms / 1000
-
-    return callback
+    token, expiry_ms = MSKAuthTokenProvider.generate_auth_token(region)
+    return token, expiry_ms / 1000
 
 
 class MskKafkaResource(KafkaResource):
-    """Amazon MSK: SASL_SSL with IAM (default) or mutual TLS."""
+    """Amazon MSK: SASL_SSL with IAM (default) or TLS.
+
+    IAM: librdkafka's OAUTHBEARER asks `oauth_token()` for a token (and again before it expires); the
+    producer, the raw sink's consumer, the gateway and the admin client all get the callback, because they
+    all take `client_config()`. librdkafka serves the callback from poll(), so the producer and admin
+    client are polled once when made (the consumer's first poll does it)."""
 
     bootstrap_servers: str = Field(description="MSK bootstrap brokers (the IAM or TLS list)")
     region: str = Field(default="us-east-1")
     auth: str = Field(default="iam", description="iam | tls")
+    security_protocol: str | None = Field(
+        default=None, description="override librdkafka's security.protocol (default SASL_SSL for iam, SSL for "
+                                  "tls); e.g. SASL_PLAINTEXT behind a TLS-terminating proxy")
     ssl_ca_location: str | None = None
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
 
+    def oauth_token(self) -> tuple[str, float]:
+        """The OAUTHBEARER token and its expiry (epoch seconds)."""
+        return msk_iam_token(self.region)
+
     def client_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                           ("ssl.certificate.location", self.ssl_certificate_location),
+                           ("ssl.key.location", self.ssl_key_location)):
+            if value:
+                config[key] = value
         if self.auth == "iam":
-            return {"bootstrap.servers": self.bootstrap_servers, "security.protocol": "SASL_SSL",
-                    "sasl.mechanisms": "OAUTHBEARER", "oauth_cb": _msk_iam_token(self.region)}
+            return {**config, "security.protocol": self.security_protocol or "SASL_SSL",
+                    "sasl.mechanisms": "OAUTHBEARER", "oauth_cb": lambda _config: self.oauth_token()}
         if self.auth == "tls":
-            config = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": "SSL"}
-            for key, value in (("ssl.ca.location", self.ssl_ca_location),
-                               ("ssl.certificate.location", self.ssl_certificate_location),
-                               ("ssl.key.location", self.ssl_key_location)):
-                if value:
-                    config[key] = value
-            return config
+            return {**config, "security.protocol": self.security_protocol or "SSL"}
         raise ValueError(f"MSK auth {self.auth!r}: expected 'iam' or 'tls'")
+
+    def producer(self, **overrides: Any):
+        producer = super().producer(**overrides)
+        producer.poll(0)  # serves the first token request
+        return producer
+
+    def admin(self):
+        admin = super().admin()
+        admin.poll(0)
+        return admin
+
+
+def msk_resource(settings, bootstrap_servers=None) -> MskKafkaResource:
+    """The aws profile's Kafka from the settings (MSK_AUTH and the MSK_SSL_* files)."""
+    return MskKafkaResource(bootstrap_servers=bootstrap_servers or settings.kafka_bootstrap_servers,
+                            region=settings.aws_region, auth=settings.msk_auth,
+                            ssl_ca_location=settings.msk_ssl_ca_location,
+                            ssl_certificate_location=settings.msk_ssl_certificate_location,
+                            ssl_key_location=settings.msk_ssl_key_location)
