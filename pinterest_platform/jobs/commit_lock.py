@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -36,6 +37,8 @@ LEASE_S = 120.0
 RENEW_EVERY_S = 30.0
 DEFAULT_WAIT_S = 600.0
 CONF_KEY = "spark.pinterest.s3CommitLock"
+
+log = logging.getLogger(__name__)
 
 
 class TableLockTimeout(RuntimeError):
@@ -116,6 +119,7 @@ class TableLease:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_s
         seen: dict = {}
+        told = False
         while True:
             self.etag = self._put(IfNoneMatch="*")
             if self.etag is None:
@@ -127,6 +131,11 @@ class TableLease:
                         self.etag = self._put(IfMatch=etag)
             if self.etag is not None:
                 break
+            if not told and seen:
+                told = True
+                expires_in = float(seen.get("expires_epoch", 0)) - time.time()
+                log.warning("waiting for %s: another writer, %s, holds it (lease expires in %.0f s unless renewed)",
+                            self.uri, seen.get("holder"), max(0.0, expires_in))
             if time.monotonic() >= deadline:
                 raise TableLockTimeout(
                     f"Delta table {self.uri} is being written by {seen.get('holder', 'another writer')} "
