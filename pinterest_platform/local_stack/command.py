@@ -26,6 +26,25 @@ def _print_status(report: dict) -> None:
             print(f"Spark master UI: {item['ui']}")
 
 
+def _print_client_hints(endpoints: dict) -> None:
+    """How to post with other people's clients, right now (the README shows the same)."""
+    from pinterest_platform import contract
+    from pinterest_platform.settings import load_settings
+
+    prefix = load_settings().topic_prefix
+    kafka, aws = endpoints.get("kafka_bootstrap_servers"), endpoints.get("aws_endpoint_url")
+    row = '{"index": 1, "title": "hello"}'
+    print("\npost with your own clients:")
+    if kafka:
+        print(f"  echo '{row}' | kcat -P -b {kafka} -t {contract.topic_name(prefix, 'pin')}")
+    if aws:
+        print(f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws --region us-east-1 --endpoint-url {aws} "
+              f"kinesis put-record --stream-name {contract.stream_name(prefix, 'pin')} --partition-key 1 "
+              f"--cli-binary-format raw-in-base64-out --data '{row}'")
+    print(f"  curl -X POST -H 'Content-Type: application/vnd.kafka.json.v2+json' -d '{{\"records\": [{{\"value\": {row}}}]}}' "
+          f"http://127.0.0.1:8080/topics/{contract.topic_name(prefix, 'pin')}   # after `pinterest-platform gateway`")
+
+
 def stack_command(args) -> int:
     """Run `args.action` (up | down | status); optional `args.timeout` (s) and `args.state_dir`."""
     stack = LocalStack(getattr(args, "state_dir", None))
@@ -49,6 +68,7 @@ def stack_command(args) -> int:
             print(f"{key} = {value}")
         for note in stack.notes:
             print(note)
+        _print_client_hints(endpoints)
         print(f"stack up in {elapsed:.1f} s (state: {stack.state_path})")
         return 0 if all(item["healthy"] for item in report.values()) else 1
     if action == "down":

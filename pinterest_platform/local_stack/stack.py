@@ -118,7 +118,7 @@ class LocalStack:
                 endpoints["kafka_bootstrap_servers"] = external
             state["endpoints"] = endpoints
             self._save(state)
-            self.notes = self._ensure_lake_bucket(endpoints)
+            self.notes = self._ensure_lake_bucket(endpoints) + self._ensure_topics_and_streams(endpoints)
             return dict(endpoints)
 
     def down(self) -> dict:
@@ -175,6 +175,22 @@ class LocalStack:
 
     def endpoints(self) -> dict:
         return dict(self._load().get("endpoints", {}))
+
+    @staticmethod
+    def _ensure_topics_and_streams(endpoints: dict) -> list[str]:
+        """The platform's three topics and three streams, so any client (kcat, the AWS CLI) can post at once."""
+        from pinterest_platform import contract
+        from pinterest_platform.resources.kafka import LocalKafkaResource
+        from pinterest_platform.resources.kinesis import LocalKinesisResource
+
+        settings = load_settings()
+        prefix = settings.topic_prefix
+        topics = [contract.topic_name(prefix, k) for k in contract.EVENT_KINDS]
+        streams = [contract.stream_name(prefix, k) for k in contract.EVENT_KINDS]
+        LocalKafkaResource(bootstrap_servers=endpoints["kafka_bootstrap_servers"]).ensure_topics(topics)
+        kinesis_endpoint = settings.aws_endpoint_url or endpoints["aws_endpoint_url"]
+        LocalKinesisResource(region=settings.aws_region, endpoint=kinesis_endpoint).ensure_streams(streams)
+        return [f"topics {', '.join(topics)} and streams {', '.join(streams)}: ready"]
 
     @staticmethod
     def _ensure_lake_bucket(endpoints: dict) -> list[str]:

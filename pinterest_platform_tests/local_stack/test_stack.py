@@ -98,6 +98,27 @@ def test_up_is_healthy_and_idempotent(stack):
     assert {name: item["pid"] for name, item in stack.status().items()} == pids
 
 
+def test_up_leaves_topics_and_streams_ready_for_any_client(stack, monkeypatch):
+    import boto3
+
+    from pinterest_platform import contract
+    from pinterest_platform.resources.kafka import LocalKafkaResource
+
+    prefix = f"ready{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
+    endpoints = stack.up(timeout=60)
+    assert any(note.endswith(": ready") for note in stack.notes)
+    metadata = LocalKafkaResource(bootstrap_servers=endpoints["kafka_bootstrap_servers"]).admin().list_topics(timeout=10)
+    for kind in contract.EVENT_KINDS:
+        assert len(metadata.topics[contract.topic_name(prefix, kind)].partitions) == 3
+    # a plain AWS client, nothing of ours: the stream takes a record right away
+    kinesis = boto3.client("kinesis", endpoint_url=endpoints["aws_endpoint_url"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    answer = kinesis.put_record(StreamName=contract.stream_name(prefix, "pin"), Data=b'{"index": 1}',
+                                PartitionKey="1")
+    assert answer["SequenceNumber"]
+
+
 def test_kafka_data_persists_across_down_and_up(stack):
     endpoints = stack.up()
     topic = f"persist-{uuid.uuid4().hex[:8]}"

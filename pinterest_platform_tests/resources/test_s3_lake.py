@@ -53,7 +53,8 @@ def test_stack_up_creates_the_lake_bucket(local_stack, monkeypatch):
     assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
     stack = LocalStack()
     stack.up(timeout=60)  # everything already runs: this only makes the bucket
-    assert stack.notes == [f"lake bucket s3://{bucket} on {local_stack['aws_endpoint_url']}: created"]
+    assert stack.notes[0] == f"lake bucket s3://{bucket} on {local_stack['aws_endpoint_url']}: created"
+    assert stack.notes[1].endswith(": ready")
     assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
     stack.up(timeout=60)
     assert stack.notes[0].endswith("present")
