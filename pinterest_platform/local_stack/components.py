@@ -432,9 +432,6 @@ class SparkMaster(_SparkDaemon):
     def endpoints(self, record: dict) -> dict[str, str]:
         return {"spark_master_url": self.endpoint(record), "spark_master_ui": self.ui_url(record)}
 
-    def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
-        raise NotImplementedError("SparkMaster.check_record")
-
     def check_record(self, record: dict, timeout: float = 3.0) -> str | None:
         status, error = spark_master_status(self.ui_url(record), timeout)
         if error:
@@ -470,9 +467,6 @@ class SparkWorker(_SparkDaemon):
 
     def endpoint(self, record: dict) -> str:
         return f"{LOOPBACK}:{record['port']}"
-
-    def check(self, endpoint: str, timeout: float = 3.0) -> str | None:
-        raise NotImplementedError("SparkWorker.check_record")
 
     def check_record(self, record: dict, timeout: float = 3.0) -> str | None:
         status, error = spark_master_status(record.get("master_ui", ""), timeout)
