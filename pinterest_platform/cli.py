@@ -113,8 +113,7 @@ def demo_command(args: argparse.Namespace) -> int:
     print(f"  source database : {settings.source_db_url}")
     print(f"  lake            : {settings.lake_root} (raw files under topics/, Delta tables under tables/)")
     print(f"  Dagster instance: {settings.dagster_home}  (open the UI with `make dev`, http://127.0.0.1:3000)")
-    print(f"  check shapes    : {sys.executable} ../shared/tools/check_tables.py --lake {settings.lake_root} "
-          f"--streaming-prefix {settings.topic_prefix}")
+    print("  what they hold  : docs/data-contract.md")
     print("  the local stack is still up: `pinterest-platform stack down` (or `make stack-down`) stops it")
     return 0
 
