@@ -198,7 +198,7 @@ def test_tls_refuses_an_untrusted_broker(secure_broker, tmp_path):
 
 
 def test_iam_token_is_signed_offline_with_the_default_chain(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FAKEKEYIDFORTESTS000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
@@ -208,7 +208,7 @@ def test_iam_token_is_signed_offline_with_the_default_chain(monkeypatch):
     assert url.netloc == "kafka.eu-west-1.amazonaws.com"
     assert query["Action"] == ["kafka-cluster:Connect"]
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
-    assert query["X-Amz-Credential"][0].startswith("AKIAFAKEFAKEFAKEFAKE/")
+    assert query["X-Amz-Credential"][0].startswith("FAKEKEYIDFORTESTS000/")
     assert len(query["X-Amz-Signature"][0]) == 64
     assert 0 < expiry - time.time() <= 900
     # and it is what the resource hands librdkafka
