@@ -796,9 +796,9 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
 
     # destinations exist before anything is sent
     if kafka is not None and want_kafka:
-        kafka.ensure_topics([topic_name(prefix, k) for k in EVENT_KINDS])
+        kafka.ensure_platform_topics(prefix)
     if kinesis is not None and want_kinesis:
-        kinesis.ensure_streams([stream_name(prefix, k) for k in EVENT_KINDS])
+        kinesis.ensure_platform_streams(prefix)
 
     sinks: list[Sink] = []
     http: HttpIngestClient | None = None

@@ -553,7 +553,6 @@ def gateway_command(args) -> int:
 
     import uvicorn
 
-    from pinterest_platform.contract import EVENT_KINDS, stream_name, topic_name
     from pinterest_platform.ingestion.emulator import resources_from_settings
     from pinterest_platform.settings import load_settings
 
@@ -566,8 +565,8 @@ def gateway_command(args) -> int:
         print("error: KAFKA_BOOTSTRAP_SERVERS is required for the aws profile", flush=True)
         return 2
     try:
-        kafka.ensure_topics([topic_name(settings.topic_prefix, k) for k in EVENT_KINDS])
-        kinesis.ensure_streams([stream_name(settings.topic_prefix, k) for k in EVENT_KINDS])
+        kafka.ensure_platform_topics(settings.topic_prefix)
+        kinesis.ensure_platform_streams(settings.topic_prefix)
     except Exception as exc:
         print(f"error: could not reach Kafka/Kinesis: {exc}", flush=True)
         return 2

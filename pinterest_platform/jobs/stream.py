@@ -371,7 +371,6 @@ def stream(spark, params: dict) -> dict:
 
 def stream_command(args) -> int:
     """`pinterest-platform run stream --available-now | --continuous [--interval 5s] [--timeout S]`."""
-    from pinterest_platform.resources.spark import local_spark_session
     from pinterest_platform.settings import load_settings
 
     settings = load_settings()
@@ -385,7 +384,7 @@ def stream_command(args) -> int:
             return 2
     from pinterest_platform.definitions import lake_resource
     from pinterest_platform.resources.lake import LakeAccessError
-    from pinterest_platform.resources.spark import apply_s3a_conf
+    from pinterest_platform.resources.spark import LocalSparkResource
 
     try:
         lake_resource(settings).check_access(write=True)
@@ -413,9 +412,7 @@ def stream_command(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        spark = local_spark_session()
-        apply_s3a_conf(spark, settings)
-        result = stream(spark, params)
+        result = stream(LocalSparkResource().session(), params)
     except (ValueError, RuntimeError, BotoCoreError, ClientError) as exc:
         print(f"error: {exc}", flush=True)
         return 1

@@ -179,17 +179,15 @@ class LocalStack:
     @staticmethod
     def _ensure_topics_and_streams(endpoints: dict) -> list[str]:
         """The platform's three topics and three streams, so any client (kcat, the AWS CLI) can post at once."""
-        from pinterest_platform import contract
         from pinterest_platform.resources.kafka import LocalKafkaResource
         from pinterest_platform.resources.kinesis import LocalKinesisResource
 
         settings = load_settings()
-        prefix = settings.topic_prefix
-        topics = [contract.topic_name(prefix, k) for k in contract.EVENT_KINDS]
-        streams = [contract.stream_name(prefix, k) for k in contract.EVENT_KINDS]
-        LocalKafkaResource(bootstrap_servers=endpoints["kafka_bootstrap_servers"]).ensure_topics(topics)
-        kinesis_endpoint = settings.aws_endpoint_url or endpoints["aws_endpoint_url"]
-        LocalKinesisResource(region=settings.aws_region, endpoint=kinesis_endpoint).ensure_streams(streams)
+        kafka = LocalKafkaResource(bootstrap_servers=endpoints["kafka_bootstrap_servers"])
+        kinesis = LocalKinesisResource(region=settings.aws_region,
+                                       endpoint=settings.aws_endpoint_url or endpoints["aws_endpoint_url"])
+        topics = kafka.ensure_platform_topics(settings.topic_prefix)
+        streams = kinesis.ensure_platform_streams(settings.topic_prefix)
         return [f"topics {', '.join(topics)} and streams {', '.join(streams)}: ready"]
 
     @staticmethod

@@ -40,6 +40,14 @@ class KafkaResource(dg.ConfigurableResource):
 
         return AdminClient(self.client_config())
 
+    def ensure_platform_topics(self, prefix: str) -> list[str]:
+        """The platform's three topics (`<prefix>.pin|geo|user`); returns their names."""
+        from pinterest_platform.contract import EVENT_KINDS, topic_name
+
+        topics = [topic_name(prefix, k) for k in EVENT_KINDS]
+        self.ensure_topics(topics)
+        return topics
+
     def ensure_topics(self, topics: list[str], partitions: int = 3, replication: int = 1,
                       timeout: float = 30.0) -> None:
         """Create missing topics (an existing topic is fine)."""

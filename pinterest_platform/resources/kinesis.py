@@ -23,6 +23,14 @@ class KinesisResource(dg.ConfigurableResource):
         return boto3.client("kinesis", region_name=self.region, endpoint_url=self.endpoint_url(),
                             config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
 
+    def ensure_platform_streams(self, prefix: str) -> list[str]:
+        """The platform's three streams (`streaming-<prefix>-pin|geo|user`); returns their names."""
+        from pinterest_platform.contract import EVENT_KINDS, stream_name
+
+        streams = [stream_name(prefix, k) for k in EVENT_KINDS]
+        self.ensure_streams(streams)
+        return streams
+
     def ensure_streams(self, streams: list[str], shards: int = 2, timeout: float = 60.0) -> None:
         """Create missing streams and wait until they are ACTIVE."""
         client = self.client()

@@ -63,11 +63,17 @@ def spark_master(settings: Settings | None = None) -> str:
     return "local[2]"
 
 
-def master_host(master: str) -> str | None:
-    """The host of a spark:// master (None for local[*] and other masters)."""
+def master_address(master: str) -> tuple[str, int] | None:
+    """(host, port) of a spark:// master, the first one of a list (None for local[*] and other masters)."""
     if not master.startswith("spark://"):
         return None
-    return master.removeprefix("spark://").split(",")[0].rsplit(":", 1)[0].strip("[]")
+    host, _, port = master.removeprefix("spark://").split(",")[0].rpartition(":")
+    return host.strip("[]"), int(port or 7077)
+
+
+def master_host(master: str) -> str | None:
+    address = master_address(master)
+    return address[0] if address else None
 
 
 def executors_share_this_filesystem(master: str) -> bool:
@@ -90,10 +96,10 @@ def check_master_reachable(master: str, timeout: float = 3.0) -> None:
     """A standalone master that does not answer would leave the driver retrying for minutes: say so now."""
     import socket
 
-    host = master_host(master)
-    if host is None:
+    address = master_address(master)
+    if address is None:
         return
-    port = int(master.removeprefix("spark://").split(",")[0].rsplit(":", 1)[1])
+    host, port = address
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return

@@ -27,20 +27,13 @@ from pinterest_platform.assets import checks, streaming
 from pinterest_platform.resources.lake import LocalS3LakeResource
 from pinterest_platform_tests import reference
 from pinterest_platform_tests.compare import normalize
-from pinterest_platform_tests.e2e.test_batch_pipeline import sort_key, source_rows
+from pinterest_platform_tests.e2e.test_batch_pipeline import cli, sort_key, source_rows
 
 EVENTS = 250
 # variables that would point the pipeline somewhere else than the stack this module starts
 _UNSET = ("AWS_ENDPOINT_URL", "KAFKA_BOOTSTRAP_SERVERS", "PINTEREST_SPARK_MASTER", "PINTEREST_KAFKA_PORT",
           "PINTEREST_KAFKA_CONTROLLER_PORT", "PINTEREST_MOTO_PORT", "PINTEREST_LAKE_ROOT", "AWS_PROFILE",
           "PINTEREST_TOPIC_PREFIX", "PINTEREST_ENV")
-
-
-def cli(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "pinterest_platform.cli", *args], env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"`pinterest-platform {' '.join(args)}` failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")

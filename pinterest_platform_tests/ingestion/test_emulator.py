@@ -265,8 +265,8 @@ class KinesisWithClient:
     def __init__(self, kinesis, client):
         self.kinesis, self._client = kinesis, client
 
-    def ensure_streams(self, streams):
-        self.kinesis.ensure_streams(streams)
+    def ensure_platform_streams(self, prefix):
+        return self.kinesis.ensure_platform_streams(prefix)
 
     def client(self):
         return self._client
