@@ -24,14 +24,14 @@ PY
 
 for component in delta s3 kafka; do
   extra=()
-  stamp="$component"
+  # the stamp names what was fetched, so a changed pom (another Delta, say) fetches again
+  stamp="$component $(sha1sum "$here/$component/pom.xml" | cut -c1-12)"
   if [ "$component" = s3 ]; then
     version="$(hadoop_version)" || { echo "cannot read the Hadoop version of pyspark with $python" >&2; exit 1; }
     extra=(-Dhadoop.version="$version")
-    stamp="s3 hadoop-aws $version"
+    stamp="$stamp hadoop-aws $version"
   fi
-  if [ -f "$out/$component/.complete" ] && [ "$out/$component/.complete" -nt "$here/$component/pom.xml" ] \
-     && [ "$(cat "$out/$component/.complete")" = "$stamp" ]; then
+  if [ -f "$out/$component/.complete" ] && [ "$(cat "$out/$component/.complete")" = "$stamp" ]; then
     continue
   fi
   echo "fetching $stamp jars from Maven Central"

@@ -201,6 +201,9 @@ def _source_options(p: StreamParams, kind: str) -> dict[str, str]:
             # credentials set later in this process would not reach them
             options["awsAccessKey"] = os.environ.get("AWS_ACCESS_KEY_ID", "testing")
             options["awsSecretKey"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")
+    if p.source_format == LOCAL_FORMAT and p.trigger == "available_now":
+        # Spark 4.0 tells a Python source nothing of the trigger: the source needs it to read up to now
+        options["availableNow"] = "true"
     options.update(p.source_options)
     return options
 

@@ -14,9 +14,10 @@ Options (case-insensitive): `streamName` (one stream, or several comma-separated
 `{"at_timestamp": "<ISO-8601 or epoch ms>"}`), `awsAccessKey`/`awsSecretKey`/`awsSessionToken` (else the
 default AWS credential chain), `maxRecordsPerFetch` (GetRecords Limit, default 10000), `maxFetchDuration`
 (how long the driver may spend finding the stream's tip per micro-batch, default "10s"), and two
-options of this source only: `maxRecordsPerTrigger` (a cap on records per micro-batch; also splits an
-`availableNow` run into several batches) and `failOnDataLoss` (default true: fail when records a batch
-must read are gone, e.g. trimmed past retention).
+options of this source only: `maxRecordsPerTrigger` (a cap on records per micro-batch), `availableNow`
+(`true` for a `Trigger.AvailableNow` query: Spark 4.0 runs it as one batch, so the cap is ignored and the
+batch ends at what had arrived when the query started) and `failOnDataLoss` (default true: fail when
+records a batch must read are gone, e.g. trimmed past retention).
 
 Offsets and exactly-once. An offset is JSON `{stream: {shardId: state}}` where state is `{"seq": S}` (all
 records up to and including sequence number S consumed), `{"ts": epoch_ms}` (start AT_TIMESTAMP: the
@@ -51,7 +52,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
 from pinterest_platform.contract import KINESIS_SOURCE_SCHEMA
 
@@ -100,6 +100,7 @@ class SourceOptions:
     max_records_per_fetch: int
     max_fetch_duration_s: float
     max_records_per_trigger: int | None
+    available_now: bool
     fail_on_data_loss: bool
     access_key: str | None
     secret_key: str | None
@@ -134,6 +135,7 @@ class SourceOptions:
             max_records_per_fetch=int(opts.get("maxrecordsperfetch", 10000)),
             max_fetch_duration_s=_parse_duration_s(opts.get("maxfetchduration", "10s")),
             max_records_per_trigger=int(per_trigger) if per_trigger else None,
+            available_now=str(opts.get("availablenow", "false")).lower() == "true",
             fail_on_data_loss=str(opts.get("failondataloss", "true")).lower() != "false",
             access_key=opts.get("awsaccesskey") or None,
             secret_key=opts.get("awssecretkey") or None,
@@ -311,12 +313,12 @@ def shard_eligible(shard_id: str, state: Mapping[str, Any], listing: Mapping[str
     return all(shard_finished(p, offsets.get(p, {}), listing) for p in _parents(listing[shard_id]))
 
 
-def allocate(available: list[int], limit: ReadLimit) -> list[int]:
-    """How many records to take from each shard: all, or a fair share of ReadMaxRows."""
-    if not isinstance(limit, ReadMaxRows):
+def allocate(available: list[int], max_rows: int | None) -> list[int]:
+    """How many records to take from each shard: all (no cap), or a fair share of `max_rows`."""
+    if not max_rows:
         return list(available)
     counts = [0] * len(available)
-    remaining = max(int(limit.max_rows), 1)
+    remaining = max(int(max_rows), 1)
     active = [i for i, a in enumerate(available) if a > 0]
     while remaining > 0 and active:
         share = max(1, remaining // len(active))
@@ -416,7 +418,7 @@ class ShardRange(InputPartition):
 def _arrow_schema():
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(KINESIS_SOURCE_SCHEMA, timezone="UTC")
+    return to_arrow_schema(KINESIS_SOURCE_SCHEMA, timestamp_utc=True)
 
 
 def _to_batch(records: list[dict], stream: str, shard_id: str, schema):
@@ -491,16 +493,26 @@ def read_shard_range(client, stream: str, shard_id: str, start: Mapping[str, Any
 
 # --- the data source --------------------------------------------------------------------------------
 
-class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    """Plans micro-batches as bounded per-shard sequence ranges (see the module docstring)."""
+class KinesisStreamReader(DataSourceStreamReader):
+    """Plans micro-batches as bounded per-shard sequence ranges (see the module docstring).
+
+    Spark 4.0 (Databricks 17.3 LTS) gives Python stream readers no admission control: `latestOffset()`
+    is called without the batch's start offset or a read limit, and `Trigger.AvailableNow` runs such a
+    source as one batch. So the reader keeps its own position, as pyspark's own wrapper for simple
+    readers does: the end of the last batch it planned, learned from `partitions()` or `commit()` when a
+    query restarts from its checkpoint (Spark re-plans the last logged batch first), else the initial
+    offset. `maxRecordsPerTrigger` caps a batch relative to that position; `availableNow=true` (set by
+    the stream job for that trigger) ignores the cap, since the run has one batch, and reads only what
+    had arrived when the query started."""
 
     def __init__(self, options: SourceOptions, client=None):
         self.options = options
         self._client = client  # injected by tests; otherwise made lazily, per process, from the options
         self._scans: dict[tuple[str, str], ShardScan] = {}
-        self._available_now = False
+        self._position: dict | None = None
+        self._initial: dict | None = None
         self._target_fixed = False
-        self._cutoff: datetime | None = None
+        self._cutoff: datetime | None = datetime.now(timezone.utc) if options.available_now else None
 
     @property
     def client(self):
@@ -510,6 +522,12 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return {s: {sh["ShardId"]: sh for sh in list_shards(self.client, s)} for s in self.options.streams}
 
     def initialOffset(self) -> dict:
+        # computed once: Spark asks for it after the first latestOffset, and "latest" must not move between
+        if self._initial is None:
+            self._initial = self._compute_initial_offset()
+        return self._initial
+
+    def _compute_initial_offset(self) -> dict:
         opts = self.options
         if opts.initial_position == "trim_horizon":
             return normalize_offset({}, opts.streams)
@@ -517,17 +535,6 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # every listed shard (closed ones too) starts at the timestamp: a closed shard then simply ends
         return normalize_offset({s: {sid: {"ts": ts} for sid in shards} for s, shards in self._listing().items()},
                                 opts.streams)
-
-    def getDefaultReadLimit(self) -> ReadLimit:
-        n = self.options.max_records_per_trigger
-        return ReadMaxRows(n) if n else ReadAllAvailable()
-
-    def prepareForTriggerAvailableNow(self) -> None:
-        # the target (each shard's last record that arrived by now) is fixed by the first latestOffset call,
-        # which knows the start offset
-        self._available_now = True
-        self._target_fixed = False
-        self._cutoff = datetime.now(timezone.utc)
 
     def _scan_for(self, stream: str, shard_id: str, state: Mapping[str, Any], create: bool) -> ShardScan | None:
         key = (stream, shard_id)
@@ -539,14 +546,17 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         scan = self._scans[key] = ShardScan(stream, shard_id, state)
         return scan
 
-    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+    def latestOffset(self) -> dict:
         opts = self.options
-        start = normalize_offset(start, opts.streams)
+        if self._position is None:
+            self._position = self.initialOffset()
+        start = normalize_offset(self._position, opts.streams)
         listing = self._listing()
         deadline = time.monotonic() + opts.max_fetch_duration_s
-        cap = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        available_now = opts.available_now
+        cap = None if available_now else opts.max_records_per_trigger
 
-        if self._available_now and not self._target_fixed:
+        if available_now and not self._target_fixed:
             # availableNow must not read past what exists now: scan every unfinished shard (children too)
             # to its tip once, then only hand those records out
             for stream, shards in listing.items():
@@ -563,14 +573,14 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 state = start[stream].get(shard_id, {})
                 if not shard_eligible(shard_id, state, shards, start[stream]):
                     continue
-                scan = self._scan_for(stream, shard_id, state, create=not self._available_now)
+                scan = self._scan_for(stream, shard_id, state, create=not available_now)
                 if scan is None:
                     continue
-                if not self._available_now:
+                if not available_now:
                     scan.scan(self.client, opts.max_records_per_fetch, max_records=cap, deadline=deadline)
                 candidates.append((stream, shard_id, state, scan))
 
-        counts = allocate([len(c[3].seqs) for c in candidates], limit)
+        counts = allocate([len(c[3].seqs) for c in candidates], cap)
         end = {stream: dict(shards) for stream, shards in start.items()}
         for (stream, shard_id, state, scan), n in zip(candidates, counts, strict=True):
             new_state = dict(state)
@@ -579,11 +589,15 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if scan.closed and n == len(scan.seqs):
                 new_state["closed"] = True
             end[stream][shard_id] = new_state
-        return normalize_offset(end, opts.streams)
+        self._position = normalize_offset(end, opts.streams)
+        return self._position
 
     def partitions(self, start: dict, end: dict) -> list[ShardRange]:
         start = normalize_offset(start, self.options.streams)
         end = normalize_offset(end, self.options.streams)
+        if self._position is None:
+            # a query restarting from its checkpoint re-plans its last logged batch before asking for more
+            self._position = end
         parts = []
         for stream, shards in end.items():
             for shard_id, state in shards.items():
@@ -611,6 +625,8 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                 count=getattr(partition, "count", None))
 
     def commit(self, end: dict) -> None:
+        if self._position is None:
+            self._position = normalize_offset(end, self.options.streams)
         for stream, shards in normalize_offset(end, self.options.streams).items():
             for shard_id, state in shards.items():
                 key = (stream, shard_id)

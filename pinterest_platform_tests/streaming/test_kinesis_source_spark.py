@@ -9,21 +9,27 @@ from pinterest_platform.streaming.kinesis_source import FORMAT_NAME, register
 from pinterest_platform_tests.streaming.conftest import put_records
 
 
-def run_available_now(spark, stream: str, endpoint: str, checkpoint: str, **options) -> list[tuple[int, list]]:
-    """Drain `stream` once; returns (batch_id, rows) for every micro-batch."""
+def _start(spark, stream: str, endpoint: str, checkpoint: str, batches: list, trigger: dict, **options):
     register(spark)
     reader = (spark.readStream.format(FORMAT_NAME).option("streamName", stream).option("region", "us-east-1")
               .option("endpoint", endpoint).option("awsAccessKey", "testing").option("awsSecretKey", "testing"))
     for key, value in options.items():
         reader = reader.option(key, str(value))
-    batches: list[tuple[int, list]] = []
 
     def collect(df, batch_id):
         assert df.schema == contract.KINESIS_SOURCE_SCHEMA
         batches.append((batch_id, [r.asDict() for r in df.collect()]))
 
-    query = (reader.load().writeStream.foreachBatch(collect).option("checkpointLocation", checkpoint)
-             .trigger(availableNow=True).start())
+    return (reader.load().writeStream.foreachBatch(collect).option("checkpointLocation", checkpoint)
+            .trigger(**trigger).start())
+
+
+def run_available_now(spark, stream: str, endpoint: str, checkpoint: str, **options) -> list[tuple[int, list]]:
+    """Drain `stream` once, as the stream job does (availableNow trigger and option); returns (batch_id, rows)
+    for every micro-batch."""
+    batches: list[tuple[int, list]] = []
+    query = _start(spark, stream, endpoint, checkpoint, batches, {"availableNow": True}, availableNow="true",
+                   **options)
     try:
         assert query.awaitTermination(timeout=300), "availableNow query did not finish"
     finally:
@@ -31,6 +37,19 @@ def run_available_now(spark, stream: str, endpoint: str, checkpoint: str, **opti
     if query.exception() is not None:
         raise query.exception()
     return batches
+
+
+def run_processing_time(spark, stream: str, endpoint: str, checkpoint: str, **options) -> list[tuple[int, list]]:
+    """A processing-time query until it has processed everything available; returns (batch_id, rows)."""
+    batches: list[tuple[int, list]] = []
+    query = _start(spark, stream, endpoint, checkpoint, batches, {"processingTime": "200 milliseconds"}, **options)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    if query.exception() is not None:
+        raise query.exception()
+    return [(batch_id, rows) for batch_id, rows in batches if rows]
 
 
 def rows_of(batches) -> list[dict]:
@@ -82,9 +101,17 @@ def test_max_records_per_trigger_gives_several_bounded_batches(spark, kinesis_cl
                                                                make_stream, tmp_path):
     stream = make_stream(shards=3)
     put_records(kinesis_client, stream, payloads(0, 300))
-    batches = run_available_now(spark, stream, kinesis_endpoint, str(tmp_path / "cp"), maxRecordsPerTrigger=100)
+    batches = run_processing_time(spark, stream, kinesis_endpoint, str(tmp_path / "cp"), maxRecordsPerTrigger=100)
     assert [len(rows) for _, rows in batches] == [100, 100, 100]
-    assert [batch_id for batch_id, _ in batches] == [0, 1, 2]
+    assert sorted(bytes(r["data"]) for r in rows_of(batches)) == sorted(payloads(0, 300))
+
+
+def test_available_now_drains_everything_despite_a_per_trigger_cap(spark, kinesis_client, kinesis_endpoint,
+                                                                    make_stream, tmp_path):
+    # Spark 4.0 runs availableNow over a Python source as one batch: a cap there would leave records behind
+    stream = make_stream(shards=3)
+    put_records(kinesis_client, stream, payloads(0, 300))
+    batches = run_available_now(spark, stream, kinesis_endpoint, str(tmp_path / "cp"), maxRecordsPerTrigger=100)
     assert sorted(bytes(r["data"]) for r in rows_of(batches)) == sorted(payloads(0, 300))
 
 

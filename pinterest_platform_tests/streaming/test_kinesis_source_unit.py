@@ -1,5 +1,5 @@
-"""The Kinesis source's planning and reading without Spark: the reader is driven the way Spark's
-micro-batch engine drives it (initialOffset, latestOffset, partitions, read, commit), against the fake
+"""The Kinesis source's planning and reading without Spark: the reader is driven the way Spark 4.0's
+micro-batch engine drives a Python source (latestOffset, initialOffset, partitions, read, commit), against the fake
 Kinesis of fake_kinesis.py, which behaves like the real service where moto does not."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from pinterest_platform.streaming import kinesis_source as ks
 from pinterest_platform_tests.streaming.fake_kinesis import FakeKinesis
@@ -38,22 +37,25 @@ def read_partition(reader: ks.KinesisStreamReader, part: ks.ShardRange) -> list[
     return [row for batch in reader.read(part) for row in batch.to_pylist()]
 
 
-def drive(reader, start=None, *, available_now=True, max_batches=200):
-    """Spark's micro-batch loop; returns (final offset, rows per batch). Offsets go through JSON as in Spark."""
-    start = json.loads(json.dumps(reader.initialOffset() if start is None else start))
-    if available_now:
-        reader.prepareForTriggerAvailableNow()
+def drive(reader, start=None, *, max_batches=200):
+    """Spark's micro-batch loop; returns (final offset, rows per batch). Offsets go through JSON as in Spark.
+
+    With `start`, a restarted query: Spark first re-plans its last logged batch, which is how a Python
+    source without admission control learns where it stands."""
+    if start is None:
+        start = reader.initialOffset()
+    else:
+        reader.partitions(start, start)
+    start = json.loads(json.dumps(start))
     batches = []
     for _ in range(max_batches):
-        end = json.loads(json.dumps(reader.latestOffset(start, reader.getDefaultReadLimit())))
+        end = json.loads(json.dumps(reader.latestOffset()))
         if json.dumps(end) == json.dumps(start):
             return start, batches
         rows = [row for part in reader.partitions(start, end) for row in read_partition(reader, part)]
         batches.append(rows)
         reader.commit(end)
         start = end
-        if not available_now and not rows:
-            return start, batches
     raise AssertionError("query did not converge")
 
 
@@ -112,7 +114,7 @@ def test_empty_stream_gives_no_batch():
     assert offset == {STREAM: {}}
 
 
-def test_max_records_per_trigger_splits_available_now_fairly():
+def test_max_records_per_trigger_splits_batches_fairly():
     fake = FakeKinesis()
     fake.create_stream(STREAM, 3)
     sent = put(fake, 0, 250)
@@ -128,20 +130,22 @@ def test_available_now_ignores_records_that_arrive_during_the_run():
     fake = FakeKinesis()
     fake.create_stream(STREAM, 2)
     sent = put(fake, 0, 60)
-    reader = make_reader(fake, maxRecordsPerTrigger=25)
+    # Spark 4.0 runs availableNow as one batch: the per-trigger cap must not cut it short
+    reader = make_reader(fake, maxRecordsPerTrigger=25, availableNow="true")
     start = json.loads(json.dumps(reader.initialOffset()))
-    reader.prepareForTriggerAvailableNow()
-    seen = []
+    seen, batches = [], 0
     for i in range(20):
-        end = reader.latestOffset(start, reader.getDefaultReadLimit())
+        end = reader.latestOffset()
         if end == start:
             break
+        batches += 1
         seen += [r["data"] for p in reader.partitions(start, end) for r in read_partition(reader, p)]
         reader.commit(end)
         start = end
         if i == 0:
             put(fake, 1000, 30)  # arrives after the run's target was fixed
     assert sorted(seen) == sorted(sent)
+    assert batches == 1
 
 
 def test_available_now_terminates_on_a_stream_that_never_stops():
@@ -157,7 +161,7 @@ def test_available_now_terminates_on_a_stream_that_never_stops():
 
     fake.on_get_records = busy_producer
     # the tip moves on every read (MillisBehindLatest never reaches 0); the run still ends
-    _, batches = drive(make_reader(fake, maxRecordsPerFetch=3))
+    _, batches = drive(make_reader(fake, maxRecordsPerFetch=3, availableNow="true"))
     got = datas(batches)
     assert set(sent) <= set(got)
     assert len(got) == len(set(got))
@@ -169,7 +173,7 @@ def test_replayed_batch_reads_the_same_records():
     put(fake, 0, 90)
     reader = make_reader(fake)
     start = json.loads(json.dumps(reader.initialOffset()))
-    end = json.loads(json.dumps(reader.latestOffset(start, ReadAllAvailable())))
+    end = json.loads(json.dumps(reader.latestOffset()))
     first = [r for p in reader.partitions(start, end) for r in read_partition(reader, p)]
     put(fake, 90, 40)  # more data after the batch was planned must not leak into its replay
     replay_reader = make_reader(fake)  # a restarted driver replays the logged (start, end)
@@ -184,8 +188,7 @@ def test_a_short_range_fetches_only_its_records(monkeypatch):
     put(fake, 0, 50)
     reader = make_reader(fake, maxRecordsPerFetch=1000, maxRecordsPerTrigger=10)
     start = json.loads(json.dumps(reader.initialOffset()))
-    reader.prepareForTriggerAvailableNow()
-    end = reader.latestOffset(start, reader.getDefaultReadLimit())
+    end = reader.latestOffset()
     (part,) = reader.partitions(start, end)
     assert part.count == 10
     limits = []
@@ -219,7 +222,7 @@ def test_new_shards_are_picked_up_while_running():
     fake.create_stream(STREAM, 2)
     first = put(fake, 0, 50)
     reader = make_reader(fake)
-    offset, batches = drive(reader, available_now=False)
+    offset, batches = drive(reader)
     assert sorted(datas(batches)) == sorted(first)
     a, b = fake.streams[STREAM]
     fake.split(STREAM, a.shard_id)
@@ -227,7 +230,7 @@ def test_new_shards_are_picked_up_while_running():
     later = put(fake, 50, 80)
     got = []
     for _ in range(10):  # the same reader, trigger after trigger (processing-time mode)
-        offset, batches = drive(reader, start=offset, available_now=False)
+        offset, batches = drive(reader, start=offset)
         got += datas(batches)
     assert sorted(got) == sorted(later)
     # the closed parents are finished, and the youngest shard (the merge's child) has been started
@@ -276,7 +279,7 @@ def test_trimmed_records_are_reported_as_data_loss():
     put(fake, 0, 20)
     reader = make_reader(fake)
     start = json.loads(json.dumps(reader.initialOffset()))
-    end = reader.latestOffset(start, ReadAllAvailable())
+    end = reader.latestOffset()
     (part,) = reader.partitions(start, end)
     shard = part.shard_id
     fake.trim(STREAM, shard, 25)  # everything, including the batch's end, is gone
@@ -289,7 +292,7 @@ def test_trimmed_records_are_reported_as_data_loss():
 def test_missing_stream_is_a_clear_error():
     fake = FakeKinesis()
     with pytest.raises(ks.KinesisSourceError, match="does not exist"):
-        make_reader(fake, streamName="nope").latestOffset({}, ReadAllAvailable())
+        make_reader(fake, streamName="nope").latestOffset()
 
 
 def test_latest_skips_what_is_already_there():
@@ -321,11 +324,11 @@ def test_several_streams_in_one_source():
 # --- pure helpers ---------------------------------------------------------------------------------------
 
 def test_allocate_is_fair_and_exact():
-    assert ks.allocate([10, 0, 5], ReadAllAvailable()) == [10, 0, 5]
-    assert ks.allocate([100, 100, 100], ReadMaxRows(30)) == [10, 10, 10]
-    assert ks.allocate([2, 100, 100], ReadMaxRows(30)) == [2, 14, 14]
-    assert sum(ks.allocate([7, 3, 50], ReadMaxRows(31))) == 31
-    assert ks.allocate([1, 1], ReadMaxRows(10)) == [1, 1]
+    assert ks.allocate([10, 0, 5], None) == [10, 0, 5]
+    assert ks.allocate([100, 100, 100], 30) == [10, 10, 10]
+    assert ks.allocate([2, 100, 100], 30) == [2, 14, 14]
+    assert sum(ks.allocate([7, 3, 50], 31)) == 31
+    assert ks.allocate([1, 1], 10) == [1, 1]
 
 
 def test_offsets_are_canonical_json():
