@@ -60,13 +60,20 @@ def lake_resource(settings: Settings) -> LakeResource:
     return aws_lake(settings) if settings.env == "aws" else local_lake(settings)
 
 
+def databricks_resource(settings: Settings) -> DatabricksSparkResource:
+    """Databricks from the environment: secrets and deployed paths resolved at run time (`dg.EnvVar`)."""
+    return DatabricksSparkResource(
+        host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN"),
+        volume=dg.EnvVar("DATABRICKS_VOLUME"), entrypoint=dg.EnvVar("DATABRICKS_ENTRYPOINT"),
+        wheel=dg.EnvVar("DATABRICKS_WHEEL"), compute=settings.databricks_compute,
+        existing_cluster_id=settings.databricks_cluster_id, **settings.databricks_overrides,
+    )
+
+
 def aws_resources(settings: Settings) -> dict:
     lake = aws_lake(settings)
     # open-source Spark over the S3 lake (EMR, Kubernetes, standalone) when a master is named, else Databricks
-    spark = LocalSparkResource() if settings.spark_master else DatabricksSparkResource(
-        host=dg.EnvVar("DATABRICKS_HOST"), token=dg.EnvVar("DATABRICKS_TOKEN"),
-        wheel=settings.databricks_wheel, existing_cluster_id=settings.databricks_cluster_id,
-    )
+    spark = LocalSparkResource() if settings.spark_master else databricks_resource(settings)
     return {
         "kafka": msk_resource(settings, bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
         "kinesis": AwsKinesisResource(region=settings.aws_region),

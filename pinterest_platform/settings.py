@@ -40,8 +40,9 @@ class Settings:
     msk_ssl_ca_location: str | None
     msk_ssl_certificate_location: str | None
     msk_ssl_key_location: str | None
-    databricks_wheel: str | None
     databricks_cluster_id: str | None
+    databricks_compute: str  # job_cluster | existing_cluster | serverless
+    databricks_overrides: dict  # DatabricksSparkResource fields set by the environment (runtime, nodes, ...)
     spark_master: str | None  # None: the stack's Spark cluster when it runs, else in-process local[2]
 
     @property
@@ -81,6 +82,16 @@ class Settings:
         return None
 
 
+# DatabricksSparkResource field -> (environment variable, type); unset ones keep the resource's defaults
+_DATABRICKS_FIELDS = {
+    "spark_version": ("DATABRICKS_SPARK_VERSION", str),
+    "node_type_id": ("DATABRICKS_NODE_TYPE_ID", str),
+    "num_workers": ("DATABRICKS_NUM_WORKERS", int),
+    "instance_profile_arn": ("DATABRICKS_INSTANCE_PROFILE_ARN", str),
+    "serverless_environment": ("DATABRICKS_SERVERLESS_ENVIRONMENT", str),
+}
+
+
 def load_settings() -> Settings:
     env = _env("PINTEREST_ENV", "local")
     if env not in PROFILES:
@@ -101,7 +112,10 @@ def load_settings() -> Settings:
         msk_ssl_ca_location=_env("MSK_SSL_CA_LOCATION"),
         msk_ssl_certificate_location=_env("MSK_SSL_CERTIFICATE_LOCATION"),
         msk_ssl_key_location=_env("MSK_SSL_KEY_LOCATION"),
-        databricks_wheel=_env("DATABRICKS_WHEEL"),
         databricks_cluster_id=_env("DATABRICKS_CLUSTER_ID"),
+        databricks_compute=_env("DATABRICKS_COMPUTE",
+                                "existing_cluster" if _env("DATABRICKS_CLUSTER_ID") else "job_cluster"),
+        databricks_overrides={field: cast(value) for field, (name, cast) in _DATABRICKS_FIELDS.items()
+                              if (value := _env(name)) is not None},
         spark_master=_env("PINTEREST_SPARK_MASTER"),
     )

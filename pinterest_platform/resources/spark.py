@@ -261,21 +261,41 @@ def _pipes_version() -> str:
     return version("dagster-pipes")
 
 
-class DatabricksSparkResource(SparkResource):
-    """Runs jobs on a Databricks job cluster under Dagster Pipes.
+DATABRICKS_RUNTIME = "17.3.x-scala2.13"  # 17.3 LTS, Spark 4.0: the Spark local runs pin (see pyproject.toml)
+SERVERLESS_ENVIRONMENT = "4"  # serverless environment 4: Python 3.12, Databricks Connect 17 (Spark 4.0)
+COMPUTE_KINDS = ("job_cluster", "existing_cluster", "serverless")
+ENVIRONMENT_KEY = "pinterest_platform"
 
-    The cluster runs `jobs/databricks_entry.py` (uploaded with the project wheel, see README), which
-    opens a Pipes session, runs the same registered job function on the cluster's SparkSession and
-    reports its result dict back as a Pipes custom message."""
+
+class DatabricksConfigError(ValueError):
+    """A Databricks setting is missing or inconsistent: raised before anything is submitted."""
+
+
+class DatabricksSparkResource(SparkResource):
+    """Runs jobs on Databricks under Dagster Pipes: a new job cluster, an existing cluster or serverless.
+
+    The task runs the entry point (`jobs/databricks_entry.py`) that `pinterest-platform databricks deploy`
+    uploaded with the project wheel to a Unity Catalog volume or workspace files. The entry point opens a
+    Pipes session, runs the same registered job function on the cluster's SparkSession and reports its
+    result dict back as a Pipes custom message. Pipes' context and messages go through temporary files in
+    `volume` (Unity Catalog volumes), never DBFS root, which new workspaces disable."""
 
     host: str = Field(description="workspace URL, from DATABRICKS_HOST")
     token: str = Field(description="personal access token or service principal token, from DATABRICKS_TOKEN")
-    entrypoint: str = Field(default="dbfs:/pinterest_platform/databricks_entry.py")
-    wheel: str | None = Field(default=None, description="dbfs:/... path of the pinterest_platform wheel")
-    existing_cluster_id: str | None = None
-    spark_version: str = "16.4.x-scala2.12"
+    volume: str = Field(description="/Volumes/<catalog>/<schema>/<volume> for Pipes' temporary files "
+                                    "(DATABRICKS_VOLUME)")
+    entrypoint: str = Field(description="path of databricks_entry.py as deployed (DATABRICKS_ENTRYPOINT)")
+    wheel: str = Field(description="path of the pinterest_platform wheel as deployed (DATABRICKS_WHEEL)")
+    compute: str = Field(default="job_cluster", description=f"one of {', '.join(COMPUTE_KINDS)} (DATABRICKS_COMPUTE)")
+    existing_cluster_id: str | None = Field(default=None, description="DATABRICKS_CLUSTER_ID, for existing_cluster")
+    spark_version: str = Field(default=DATABRICKS_RUNTIME, description="job clusters' runtime "
+                                                                       "(DATABRICKS_SPARK_VERSION)")
     node_type_id: str = "m5d.large"
     num_workers: int = 1
+    instance_profile_arn: str | None = Field(default=None, description="job clusters' S3 access to the lake "
+                                                                       "(DATABRICKS_INSTANCE_PROFILE_ARN)")
+    serverless_environment: str = Field(default=SERVERLESS_ENVIRONMENT,
+                                        description="serverless environment version (DATABRICKS_SERVERLESS_ENVIRONMENT)")
     poll_interval_seconds: float = 10.0
 
     def workspace_client(self):
@@ -283,31 +303,89 @@ class DatabricksSparkResource(SparkResource):
 
         return WorkspaceClient(host=self.host, token=self.token)
 
+    def kinesis_source_format(self) -> str:
+        return "kinesis"
+
+    def _check(self) -> None:
+        if self.compute not in COMPUTE_KINDS:
+            raise DatabricksConfigError(f"DATABRICKS_COMPUTE={self.compute!r}: expected one of {', '.join(COMPUTE_KINDS)}")
+        if self.compute == "existing_cluster" and not self.existing_cluster_id:
+            raise DatabricksConfigError("DATABRICKS_COMPUTE=existing_cluster needs DATABRICKS_CLUSTER_ID")
+        if not self.volume.startswith("/Volumes/") or len(self.volume.strip("/").split("/")) < 4:
+            raise DatabricksConfigError(f"DATABRICKS_VOLUME={self.volume!r}: expected /Volumes/<catalog>/<schema>/<volume>")
+        for name, path in (("DATABRICKS_ENTRYPOINT", self.entrypoint), ("DATABRICKS_WHEEL", self.wheel)):
+            if path.startswith("dbfs:/"):
+                raise DatabricksConfigError(f"{name}={path}: DBFS root is disabled in new workspaces; "
+                                            "deploy to a Unity Catalog volume or workspace files "
+                                            "(`pinterest-platform databricks deploy`)")
+            if not path.startswith(("/Volumes/", "/Workspace/")):
+                raise DatabricksConfigError(f"{name}={path!r}: expected a /Volumes/... or /Workspace/... path "
+                                            "as printed by `pinterest-platform databricks deploy`")
+
+    def _pipes_requirement(self) -> str:
+        # the cluster's Pipes must speak the same protocol version as this orchestrator
+        return f"dagster-pipes=={_pipes_version()}"
+
     def submit_task(self, job_name: str) -> dict[str, Any]:
         """The jobs/runs/submit task for one job (plain dict, so tests can assert the exact request)."""
+        self._check()
         task: dict[str, Any] = {
             "task_key": f"pinterest_platform_{job_name}",
             "spark_python_task": {"python_file": self.entrypoint, "parameters": [job_name]},
-            # the cluster's Pipes must speak the same protocol version as this orchestrator
-            "libraries": [{"pypi": {"package": f"dagster-pipes=={_pipes_version()}"}}],
         }
-        if self.wheel:
-            task["libraries"].append({"whl": self.wheel})
-        if self.existing_cluster_id:
+        if self.compute == "serverless":
+            task["environment_key"] = ENVIRONMENT_KEY
+            return task
+        task["libraries"] = [{"pypi": {"package": self._pipes_requirement()}}, {"whl": self.wheel}]
+        if self.compute == "existing_cluster":
             task["existing_cluster_id"] = self.existing_cluster_id
         else:
-            task["new_cluster"] = {"spark_version": self.spark_version, "node_type_id": self.node_type_id,
-                                   "num_workers": self.num_workers}
+            cluster: dict[str, Any] = {"spark_version": self.spark_version, "node_type_id": self.node_type_id,
+                                       "num_workers": self.num_workers,
+                                       # Unity Catalog access (the volume with Pipes' files) needs a UC access mode
+                                       "data_security_mode": "SINGLE_USER"}
+            if self.instance_profile_arn:
+                cluster["aws_attributes"] = {"instance_profile_arn": self.instance_profile_arn}
+            task["new_cluster"] = cluster
         return task
 
-    def run_job(self, context, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
-        from dagster_databricks import PipesDatabricksClient
+    def submit_args(self) -> dict[str, Any]:
+        """Run-level fields of runs/submit besides the task: serverless tasks name their environment here."""
+        if self.compute != "serverless":
+            return {}
         from databricks.sdk.service import jobs
 
-        client = PipesDatabricksClient(client=self.workspace_client(),
-                                       poll_interval_seconds=self.poll_interval_seconds)
-        invocation = client.run(context=context, task=jobs.SubmitTask.from_dict(self.submit_task(job_name)),
-                                extras={"job": job_name, "params": params})
+        return {"environments": [jobs.JobEnvironment.from_dict({
+            "environment_key": ENVIRONMENT_KEY,
+            "spec": {"environment_version": self.serverless_environment,
+                     "dependencies": [self._pipes_requirement(), self.wheel]},
+        })]}
+
+    def pipes_client(self):
+        from dagster_databricks import PipesDatabricksClient
+        from dagster_databricks.pipes import (
+            PipesDatabricksServerlessClient,
+            PipesUnityCatalogVolumesContextInjector,
+            PipesUnityCatalogVolumesMessageReader,
+        )
+
+        client = self.workspace_client()
+        if self.compute == "serverless":
+            return PipesDatabricksServerlessClient(client=client, volume_path=self.volume,
+                                                   poll_interval_seconds=self.poll_interval_seconds)
+        return PipesDatabricksClient(
+            client=client, poll_interval_seconds=self.poll_interval_seconds,
+            context_injector=PipesUnityCatalogVolumesContextInjector(client=client, volume_path=self.volume),
+            message_reader=PipesUnityCatalogVolumesMessageReader(client=client, volume_path=self.volume,
+                                                                 interval=min(self.poll_interval_seconds, 5.0)),
+        )
+
+    def run_job(self, context, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
+        from databricks.sdk.service import jobs
+
+        task = jobs.SubmitTask.from_dict(self.submit_task(job_name))
+        invocation = self.pipes_client().run(context=context, task=task, submit_args=self.submit_args(),
+                                             extras={"job": job_name, "params": params})
         messages = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
         if not messages:
             raise RuntimeError(f"Databricks job {job_name} finished without reporting a result over Pipes")

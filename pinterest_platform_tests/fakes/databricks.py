@@ -1,43 +1,55 @@
-"""A fake Databricks workspace: the REST endpoints `PipesDatabricksClient` and databricks-sdk call, for real.
+"""A fake Databricks workspace: the REST endpoints `PipesDatabricksClient`, `PipesDatabricksServerlessClient`
+and databricks-sdk call, for real.
 
 `FakeDatabricksWorkspace` is an HTTP server on 127.0.0.1 (stdlib `http.server`, a free port) that
 
 * checks `Authorization: Bearer <token>` on every request (401 UNAUTHENTICATED otherwise) and records every
   request (method, path, query, headers, JSON body, status, response) in `requests`;
-* serves DBFS (`/api/2.0/dbfs/mkdirs|put|create|add-block|close|read|get-status|list|delete`) from a
-  temporary directory, with DBFS's error codes (404 RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS,
-  MAX_BLOCK_SIZE_EXCEEDED, IO_ERROR for a non-recursive delete of a non-empty directory, ...);
+* serves Unity Catalog volumes through the Files API (`/api/2.0/fs/files{path}` PUT|GET|HEAD|DELETE,
+  `/api/2.0/fs/directories{path}` PUT|GET|HEAD|DELETE) for the volumes it was given (any other
+  `/Volumes/...` path is 404), workspace files (`/api/2.0/workspace/import` (multipart, as the SDK
+  uploads), `export`, `mkdirs`, `get-status`), and DBFS (`/api/2.0/dbfs/...`, with DBFS's error codes), each
+  from a temporary directory;
 * serves Jobs (`/api/2.{1,2}/jobs/runs/submit|get|get-output|cancel`) and `clusters/get` for the clusters it
-  was given. `runs/submit` validates each task (task_key, exactly one compute spec, spark_python_task,
-  libraries) and answers 400 INVALID_PARAMETER_VALUE on a malformed one;
-* "runs" a submitted `spark_python_task` on a fake cluster: the task's libraries are checked (a `dbfs:/` wheel
-  must exist in the fake DBFS, a `pypi` package must be installed in this venv, the cluster's image), then
-  `<python> -m pinterest_platform_tests.fakes.databricks <target> <python_file> <parameters...>` runs in a
-  subprocess. Its environment is the new cluster's `spark_env_vars` (where Pipes puts DAGSTER_PIPES_CONTEXT
+  was given. `runs/submit` checks the body against the Databricks SDK's own dataclasses (every task must
+  round-trip through `jobs.SubmitTask`, every environment through `jobs.JobEnvironment`, and only
+  `JobsAPI.submit`'s fields may appear), then the semantics: one task type (spark_python_task), exactly
+  one compute (new_cluster, existing_cluster_id or a serverless environment_key naming one of the run's
+  environments), no task libraries on serverless; 400 INVALID_PARAMETER_VALUE otherwise;
+* runs a submitted `spark_python_task`, in one of two ways:
+  - stub clusters (the default): the libraries are only checked (a wheel must exist where its path says,
+    a `pypi` package must be installed in this venv) and the task runs in `<python> -m
+    pinterest_platform_tests.fakes.databricks` with the project on PYTHONPATH and a SparkSession stub
+    without a JVM (`conf.get` answers the cluster usage tags; anything else raises), for fast protocol tests;
+  - a real runtime (`runtime=FakeRuntime(...)`): the cluster is a fresh virtualenv that sees only what a
+    Databricks runtime brings (pyspark, delta-spark, pyarrow, pandas, boto3, ... linked from this venv;
+    not dagster, not the project), into which the task's libraries (classic) or its environment's
+    dependencies (serverless) are pip-installed: the deployed wheel with its own requirements and the
+    pinned dagster-pipes. The deployed entry point then runs by its path, on a real local SparkSession
+    with the runtime's Spark conf (Delta, S3A on moto), under Pipes. The runtime's built-in `kinesis`
+    format is played by the project's `kinesis-local` source registered under that name.
+  Either way the environment is the new cluster's `spark_env_vars` (where Pipes puts DAGSTER_PIPES_CONTEXT
   and DAGSTER_PIPES_MESSAGES; inherited DAGSTER_PIPES_* are removed so only the request can provide them)
   or the existing cluster's, and the task parameters become `sys.argv[1:]` (where Pipes puts its CLI
-  bootstrap arguments for existing clusters). The run moves PENDING -> RUNNING -> TERMINATING ->
-  TERMINATED with result_state SUCCESS or FAILED from the exit code (INTERNAL_ERROR when a library cannot be
-  installed, CANCELED after runs/cancel).
+  bootstrap arguments for existing clusters and serverless). The driver shim mounts /Volumes, /Workspace
+  and /dbfs the way Databricks' FUSE mounts do (paths opened with `open`, `os.makedirs`, `os.listdir`,
+  `os.path.exists|isdir|isfile` go to the temporary directories). The run moves PENDING -> RUNNING ->
+  TERMINATING -> TERMINATED with result_state SUCCESS or FAILED from the exit code (INTERNAL_ERROR when a
+  library cannot be installed, CANCELED after runs/cancel).
 
-The subprocess shim (`_cluster_main`, this module's `__main__`) plays the Databricks driver: it mounts the
-fake DBFS at `/dbfs` the way the FUSE mount does (paths under `/dbfs/` opened with `open`, `os.makedirs`,
-`os.listdir`, `os.path.exists|isdir|isfile` go to the temp directory, which is all `PipesDbfsContextLoader`
-and `PipesDbfsMessageWriter` use), installs the cluster's pre-created SparkSession (a stub without a JVM:
-`SparkSession.getActiveSession()` and `SparkSession.builder.getOrCreate()` return it, its `conf` carries the
-`spark.databricks.clusterUsageTags.*` keys, any other use raises a clear error), registers the test's extra
-jobs in `pinterest_platform.jobs.JOBS` and runs the entry point, mapped from its `dbfs:/` path to a module
-(`entrypoints`) or, failing that, a file uploaded to the fake DBFS. A real Spark job cannot run here.
-
-Not emulated: cluster log delivery (`cluster_log_conf`), notebook/wheel/jar tasks, job clusters, serverless
-environments, task dependencies (tasks of one run execute in submission order), DBFS `move`.
+Not emulated: cluster log delivery, notebook/wheel/jar tasks, job clusters shared by key, task
+dependencies (tasks of one run execute in submission order), DBFS `move`, Files API multipart uploads.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.parser
+import email.policy
+import hashlib
 import importlib.metadata
+import inspect
 import itertools
 import json
 import os
@@ -54,12 +66,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHIM_MODULE = "pinterest_platform_tests.fakes.databricks"
 
-DEFAULT_ENTRYPOINTS = {"dbfs:/pinterest_platform/databricks_entry.py": "pinterest_platform.jobs.databricks_entry"}
+# stub clusters run the entry point as the project's module when a task names it at any of these paths
+DEFAULT_ENTRYPOINTS = {"databricks_entry.py": "pinterest_platform.jobs.databricks_entry"}
 
 # Jobs for tests: they run on the fake cluster without touching Spark (no JVM start per test).
 TEST_JOBS = {
@@ -69,7 +82,8 @@ TEST_JOBS = {
 
 CLUSTER_ID_CONF = "spark.databricks.clusterUsageTags.clusterId"
 
-_ENV_DBFS_ROOT = "FAKE_DATABRICKS_DBFS_ROOT"
+_ENV_MOUNTS = "FAKE_DATABRICKS_MOUNTS"
+_ENV_SPARK_CONF = "FAKE_DATABRICKS_SPARK_CONF"
 _ENV_EXTRA_JOBS = "FAKE_DATABRICKS_EXTRA_JOBS"
 _ENV_CLUSTER_ID = "FAKE_DATABRICKS_CLUSTER_ID"
 
@@ -80,6 +94,8 @@ _TASK_KEY = re.compile(r"^[\w\-.]{1,100}$")
 _TASK_TYPES = ("spark_python_task", "notebook_task", "python_wheel_task", "spark_jar_task", "spark_submit_task",
                "pipeline_task", "sql_task", "dbt_task", "run_job_task", "condition_task", "for_each_task")
 _COMPUTE_KEYS = ("new_cluster", "existing_cluster_id", "job_cluster_key", "environment_key")
+_DATA_SECURITY_MODES = ("SINGLE_USER", "USER_ISOLATION", "DATA_SECURITY_MODE_DEDICATED", "DATA_SECURITY_MODE_STANDARD",
+                        "DATA_SECURITY_MODE_AUTO")
 _LIBRARY_KINDS = ("pypi", "whl", "jar", "egg", "maven", "cran", "requirements")
 _TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 
@@ -119,7 +135,8 @@ class RecordedRequest:
     path: str
     query: dict[str, str]
     headers: dict[str, str]
-    body: Any = None  # parsed JSON (the raw text if it was not JSON)
+    body: Any = None  # parsed JSON (the raw text if it was not JSON; "<N bytes>" for a file's bytes)
+    raw: bytes = b""  # the body as sent
     status: int | None = None
     response: Any = None
 
@@ -181,6 +198,30 @@ def _tail(text: str, limit: int = 20_000) -> str:
     return text if len(text) <= limit else text[-limit:]
 
 
+# what a Databricks runtime brings with it: linked from this venv into every real fake cluster
+RUNTIME_DISTRIBUTIONS = ("pyspark", "py4j", "delta-spark", "importlib-metadata", "zipp", "pyarrow", "numpy",
+                         "pandas", "python-dateutil", "pytz", "tzdata", "six", "boto3", "botocore", "s3transfer",
+                         "jmespath", "urllib3")
+
+
+@dataclass
+class FakeRuntime:
+    """A Databricks runtime for real execution: the Spark conf every cluster's session starts with (what a
+    runtime has built in: Delta, S3 access to the lake) and extra pip arguments for installing libraries."""
+
+    spark_conf: dict[str, str]
+    distributions: tuple[str, ...] = RUNTIME_DISTRIBUTIONS
+    pip_args: tuple[str, ...] = ()
+
+
+@dataclass
+class _Response:
+    status: int
+    payload: Any = None  # JSON answer
+    raw: bytes | None = None  # a file's bytes (Files API, workspace export)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class FakeDatabricksWorkspace:
     """A Databricks workspace on 127.0.0.1: start() / stop(), or use it as a context manager.
 
@@ -189,7 +230,9 @@ class FakeDatabricksWorkspace:
         clusters: existing all-purpose clusters by id (spec dict, e.g. {"spark_version": ..., "spark_env_vars":
             {...}}); a task naming any other existing_cluster_id is rejected.
         entrypoints: spark_python_task python_file -> module run in its place (default: our entry point).
-        extra_jobs: job name -> "module:function" added to pinterest_platform.jobs.JOBS on the cluster.
+        extra_jobs: job name -> "module:function" added to pinterest_platform.jobs.JOBS on stub clusters.
+        volumes: Unity Catalog volumes that exist, as /Volumes/<catalog>/<schema>/<volume>.
+        runtime: run tasks for real on this runtime (see FakeRuntime) instead of stub clusters.
         cluster_env: environment variables every fake cluster has (under the task's spark_env_vars).
         pending_seconds / terminating_seconds: how long a run stays PENDING / TERMINATING.
         run_timeout_seconds: a task still running after this is killed and FAILED.
@@ -199,7 +242,7 @@ class FakeDatabricksWorkspace:
                  entrypoints: dict[str, str] | None = None, extra_jobs: dict[str, str] | None = None,
                  cluster_env: dict[str, str] | None = None, pending_seconds: float = 0.3,
                  terminating_seconds: float = 0.2, run_timeout_seconds: float = 120.0,
-                 python: str = sys.executable):
+                 python: str = sys.executable, volumes: list[str] | None = None, runtime: FakeRuntime | None = None):
         self.token = token
         self.clusters = {cid: {"cluster_id": cid, "cluster_name": cid, "state": "RUNNING", **spec}
                          for cid, spec in (clusters or {}).items()}
@@ -214,6 +257,17 @@ class FakeDatabricksWorkspace:
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-databricks-"))
         self.dbfs_root = self._tmp / "dbfs"
         self.dbfs_root.mkdir()
+        self.volumes_root = self._tmp / "volumes"
+        self.workspace_root = self._tmp / "workspace"
+        self.workspace_root.mkdir()
+        self.volumes = [v.rstrip("/") for v in (volumes or [])]
+        for volume in self.volumes:
+            parts = volume.strip("/").split("/")
+            if len(parts) != 4 or parts[0] != "Volumes":
+                raise ValueError(f"{volume!r}: a volume is /Volumes/<catalog>/<schema>/<volume>")
+            (self.volumes_root / "/".join(parts[1:])).mkdir(parents=True)
+        self.runtime = runtime
+        self._cluster_envs: dict[str, Path] = {}
         self._lock = threading.RLock()
         self._ids = itertools.count(1001)
         self._runs: dict[int, _Run] = {}
@@ -242,6 +296,10 @@ class FakeDatabricksWorkspace:
             })
         for version in ("2.0", "2.1"):
             self._routes[f"/api/{version}/clusters/get"] = ("GET", self._clusters_get)
+        self._routes.update({
+            "/api/2.0/workspace/mkdirs": ("POST", self._workspace_mkdirs),
+            "/api/2.0/workspace/get-status": ("GET", self._workspace_get_status),
+        })
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -298,10 +356,26 @@ class FakeDatabricksWorkspace:
         rel = self._dbfs_rel(dbfs_path)
         return self.dbfs_root / rel if rel else self.dbfs_root
 
-    def put_file(self, dbfs_path: str, data: bytes) -> None:
-        path = self.local_path(dbfs_path)
+    def put_file(self, remote_path: str, data: bytes) -> None:
+        """Write a file at a DBFS, /Volumes/... or /Workspace/... path."""
+        path = self.resolve(remote_path) if remote_path.startswith(("/Volumes/", "/Workspace/")) \
+            else self.local_path(remote_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+    def resolve(self, remote_path: str) -> Path:
+        """Where a /Volumes/..., /Workspace/... or dbfs: path lives on this machine (404 ApiError if nowhere)."""
+        if remote_path.startswith("/Volumes/"):
+            parts = remote_path.strip("/").split("/")
+            if "/".join(parts[:4]) not in {v.strip("/") for v in self.volumes} or ".." in parts:
+                raise ApiError(404, "NOT_FOUND", f"The volume of {remote_path} does not exist")
+            return self.volumes_root.joinpath(*parts[1:])
+        if remote_path.startswith("/Workspace/") or remote_path == "/Workspace":
+            parts = remote_path.strip("/").split("/")[1:]
+            if ".." in parts:
+                raise _bad(f"bad path {remote_path}")
+            return self.workspace_root.joinpath(*parts)
+        return self.local_path(remote_path)
 
     def run_ids(self) -> list[int]:
         with self._lock:
@@ -324,43 +398,169 @@ class FakeDatabricksWorkspace:
 
     # ---- HTTP dispatch ---------------------------------------------------------------------------------
 
-    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> tuple[int, dict[str, Any]]:
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> _Response:
         split = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        record = RecordedRequest(method=method, path=split.path, query=query, headers=dict(handler.headers.items()))
+        record = RecordedRequest(method=method, path=split.path, query=query, headers=dict(handler.headers.items()),
+                                 raw=raw)
         with self._lock:
             self.requests.append(record)
+        # the Files API and workspace import carry bytes, everything else JSON
+        binary = split.path.startswith(("/api/2.0/fs/", "/api/2.0/workspace/import", "/api/2.0/workspace/export"))
         malformed = False
-        if raw:
+        if raw and not binary:
             try:
                 record.body = json.loads(raw)
             except ValueError:
                 record.body, malformed = raw.decode("utf-8", errors="replace"), True
+        elif raw:
+            record.body = f"<{len(raw)} bytes>"
         try:
             if handler.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")
             if malformed:
                 raise ApiError(400, "MALFORMED_REQUEST", "Could not parse request object: invalid JSON")
-            route = self._routes.get(split.path)
-            if route is None:
-                raise ApiError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {split.path}'")
-            expected, func = route
-            if method != expected:
-                raise ApiError(405, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {split.path}'")
-            args = record.body if method == "POST" else query
-            if args is None:
-                args = {}
-            if not isinstance(args, dict):
-                raise ApiError(400, "MALFORMED_REQUEST", "Request body must be a JSON object")
-            status, payload = 200, func(args)
+            if split.path.startswith("/api/2.0/fs/"):
+                response = self._files_api(method, split.path, query, raw)
+            elif split.path == "/api/2.0/workspace/import":
+                if method != "POST":
+                    raise ApiError(405, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {split.path}'")
+                response = _Response(200, self._workspace_import(handler.headers.get("Content-Type", ""), raw))
+            elif split.path == "/api/2.0/workspace/export":
+                response = self._workspace_export(query)
+            else:
+                route = self._routes.get(split.path)
+                if route is None:
+                    raise ApiError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {split.path}'")
+                expected, func = route
+                if method != expected:
+                    raise ApiError(405, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {split.path}'")
+                args = record.body if method == "POST" else query
+                if args is None:
+                    args = {}
+                if not isinstance(args, dict):
+                    raise ApiError(400, "MALFORMED_REQUEST", "Request body must be a JSON object")
+                response = _Response(200, func(args))
         except ApiError as exc:
-            status, payload = exc.status, {"error_code": exc.error_code, "message": exc.message}
+            response = _Response(exc.status, {"error_code": exc.error_code, "message": exc.message})
         except Exception as exc:  # a bug in the fake: answer it loudly rather than hang the client
-            status, payload = 500, {"error_code": "INTERNAL_ERROR", "message": f"fake Databricks bug: {exc!r}"}
-        record.status, record.response = status, payload
-        return status, payload
+            response = _Response(500, {"error_code": "INTERNAL_ERROR", "message": f"fake Databricks bug: {exc!r}"})
+        record.status = response.status
+        record.response = response.payload if response.raw is None else f"<{len(response.raw)} bytes>"
+        return response
+
+    # ---- Files API (Unity Catalog volumes) -------------------------------------------------------------
+
+    def _files_api(self, method: str, path: str, query: dict[str, str], raw: bytes) -> _Response:
+        if path.startswith("/api/2.0/fs/files/"):
+            kind, remote = "file", path[len("/api/2.0/fs/files"):]
+        elif path.startswith("/api/2.0/fs/directories/"):
+            kind, remote = "directory", path[len("/api/2.0/fs/directories"):]
+        else:
+            raise ApiError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+        remote = unquote(remote)
+        if not remote.startswith("/Volumes/"):
+            raise _bad(f"{remote}: the Files API serves /Volumes/<catalog>/<schema>/<volume>/... paths")
+        local = self.resolve(remote)
+        if kind == "file":
+            if method == "PUT":
+                if local.is_dir():
+                    raise ApiError(409, "ALREADY_EXISTS", f"{remote} is a directory")
+                if local.exists() and str(query.get("overwrite", "true")).lower() == "false":
+                    raise ApiError(409, "ALREADY_EXISTS", f"The file being created already exists: {remote}")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(raw)
+                return _Response(204)
+            if not local.is_file():
+                raise ApiError(404, "NOT_FOUND", f"The file {remote} does not exist")
+            if method == "GET":
+                return _Response(200, raw=local.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+            if method == "HEAD":
+                return _Response(200, raw=b"", headers={"Content-Length": str(local.stat().st_size),
+                                                        "Content-Type": "application/octet-stream",
+                                                        "Last-Modified": time.strftime(
+                                                            "%a, %d %b %Y %H:%M:%S GMT",
+                                                            time.gmtime(local.stat().st_mtime))})
+            if method == "DELETE":
+                local.unlink()
+                return _Response(204)
+        else:
+            if method == "PUT":
+                if local.is_file():
+                    raise ApiError(409, "ALREADY_EXISTS", f"{remote} is a file")
+                local.mkdir(parents=True, exist_ok=True)
+                return _Response(204)
+            if not local.is_dir():
+                raise ApiError(404, "NOT_FOUND", f"The directory {remote} does not exist")
+            if method == "HEAD":
+                return _Response(200, raw=b"")
+            if method == "GET":
+                contents = []
+                for child in sorted(local.iterdir()):
+                    entry = {"path": f"{remote.rstrip('/')}/{child.name}", "name": child.name,
+                             "is_directory": child.is_dir()}
+                    if child.is_file():
+                        entry.update(file_size=child.stat().st_size, last_modified=int(child.stat().st_mtime * 1000))
+                    contents.append(entry)
+                return _Response(200, {"contents": contents})
+            if method == "DELETE":
+                if any(local.iterdir()):
+                    raise ApiError(409, "DIRECTORY_NOT_EMPTY", f"The directory {remote} is not empty")
+                local.rmdir()
+                return _Response(204)
+        raise ApiError(405, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+
+    # ---- workspace files -------------------------------------------------------------------------------
+
+    def _workspace_path(self, path: Any) -> tuple[str, Path]:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise _bad(f"path must be absolute, got {path!r}")
+        shown = path if path.startswith("/Workspace") else f"/Workspace{path}"
+        return path, self.resolve(shown)
+
+    def _workspace_mkdirs(self, args: dict[str, Any]) -> dict[str, Any]:
+        shown, local = self._workspace_path(args.get("path"))
+        if local.is_file():
+            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"{shown} exists and is not a directory")
+        local.mkdir(parents=True, exist_ok=True)
+        return {}
+
+    def _workspace_get_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        shown, local = self._workspace_path(args.get("path"))
+        if not local.exists():
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Path ({shown}) doesn't exist.")
+        return {"path": shown, "object_type": "DIRECTORY" if local.is_dir() else "FILE"}
+
+    def _workspace_import(self, content_type: str, raw: bytes) -> dict[str, Any]:
+        if not content_type.startswith("multipart/form-data"):
+            raise _bad("workspace/import: expected a multipart/form-data upload")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        fields: dict[str, bytes] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            fields[str(name)] = part.get_payload(decode=True) or b""
+        if "path" not in fields or "content" not in fields:
+            raise _bad("workspace/import needs path and content")
+        shown, local = self._workspace_path(fields["path"].decode())
+        if fields.get("format", b"SOURCE").decode() not in ("AUTO", "SOURCE", "RAW"):
+            raise _bad(f"workspace/import: format {fields['format'].decode()} is not supported by the fake")
+        if local.exists() and fields.get("overwrite", b"false").decode().lower() != "true":
+            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"Path ({shown}) already exists.")
+        if not local.parent.is_dir():
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"The parent folder of {shown} does not exist.")
+        local.write_bytes(fields["content"])
+        return {}
+
+    def _workspace_export(self, query: dict[str, str]) -> _Response:
+        shown, local = self._workspace_path(query.get("path"))
+        if not local.is_file():
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Path ({shown}) doesn't exist.")
+        if query.get("direct_download") == "true":
+            return _Response(200, raw=local.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+        return _Response(200, {"content": base64.b64encode(local.read_bytes()).decode(), "file_type": "py"})
 
     # ---- DBFS ------------------------------------------------------------------------------------------
 
@@ -510,7 +710,36 @@ class FakeDatabricksWorkspace:
 
     # ---- jobs ------------------------------------------------------------------------------------------
 
-    def _validate_task(self, task: Any, seen_keys: set[str]) -> None:
+    def _check_against_sdk(self, body: dict[str, Any]) -> dict[str, dict]:
+        """The body as the Databricks SDK models it: unknown or mistyped fields are refused, as the service
+        would. Returns the run's environments by key."""
+        from databricks.sdk.service import jobs
+
+        allowed = set(inspect.signature(jobs.JobsAPI.submit).parameters) - {"self"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise _bad(f"runs/submit: unknown field(s) {', '.join(unknown)}")
+        for task in body.get("tasks") or []:
+            if isinstance(task, dict) and jobs.SubmitTask.from_dict(task).as_dict() != task:
+                raise _bad(f"runs/submit: task {task.get('task_key')!r} does not match the SubmitTask model: "
+                           f"{json.dumps(task, sort_keys=True)}")
+        environments: dict[str, dict] = {}
+        raw_environments = body.get("environments", [])
+        if not isinstance(raw_environments, list):
+            raise _bad("environments must be a list")
+        for environment in raw_environments:
+            if not isinstance(environment, dict) or jobs.JobEnvironment.from_dict(environment).as_dict() != environment:
+                raise _bad(f"runs/submit: environment {environment!r} does not match the JobEnvironment model")
+            spec = environment.get("spec") or {}
+            if not (spec.get("environment_version") or spec.get("client")):
+                raise _bad(f"environment {environment.get('environment_key')!r}: spec.environment_version is required")
+            dependencies = spec.get("dependencies", [])
+            if not all(isinstance(d, str) and d for d in dependencies):
+                raise _bad(f"environment {environment.get('environment_key')!r}: dependencies must be strings")
+            environments[environment["environment_key"]] = spec
+        return environments
+
+    def _validate_task(self, task: Any, seen_keys: set[str], environments: dict[str, dict]) -> None:
         if not isinstance(task, dict):
             raise _bad("each task must be an object")
         key = task.get("task_key")
@@ -537,7 +766,14 @@ class FakeDatabricksWorkspace:
         compute = [c for c in _COMPUTE_KEYS if c in task]
         if len(compute) != 1:
             raise _bad(f"Task {key}: exactly one of {', '.join(_COMPUTE_KEYS)} must be set, got {compute}")
-        if compute == ["existing_cluster_id"]:
+        if compute == ["environment_key"]:
+            if task["environment_key"] not in environments:
+                raise _bad(f"Task {key}: environment_key {task['environment_key']!r} is not one of the run's "
+                           f"environments {sorted(environments)}")
+            if task.get("libraries"):
+                raise _bad(f"Task {key}: Libraries field is not supported for serverless task, please specify "
+                           "libraries in environment.")
+        elif compute == ["existing_cluster_id"]:
             if task["existing_cluster_id"] not in self.clusters:
                 raise _bad(f"Cluster {task['existing_cluster_id']} does not exist")
         elif compute == ["new_cluster"]:
@@ -549,6 +785,9 @@ class FakeDatabricksWorkspace:
             workers = cluster.get("num_workers")
             if "autoscale" not in cluster and not (isinstance(workers, int) and workers >= 0):
                 raise _bad(f"Task {key}: new_cluster needs num_workers >= 0 or autoscale")
+            mode = cluster.get("data_security_mode")
+            if mode is not None and mode not in _DATA_SECURITY_MODES:
+                raise _bad(f"Task {key}: new_cluster.data_security_mode {mode!r} is not one of {_DATA_SECURITY_MODES}")
             env = cluster.get("spark_env_vars", {})
             if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
                 raise _bad(f"Task {key}: new_cluster.spark_env_vars must map names to strings")
@@ -571,9 +810,10 @@ class FakeDatabricksWorkspace:
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             raise _bad("tasks must be a non-empty list")
+        environments = self._check_against_sdk(body)
         keys: set[str] = set()
         for task in tasks:
-            self._validate_task(task, keys)
+            self._validate_task(task, keys, environments)
         with self._lock:
             if self._stopped:
                 raise ApiError(503, "TEMPORARILY_UNAVAILABLE", "the fake workspace is shutting down")
@@ -733,44 +973,119 @@ class FakeDatabricksWorkspace:
             task.error = message if error is None else error
             task.end_time = _now_ms()
 
-    def _library_problem(self, library: dict[str, Any]) -> str | None:
-        kind, value = next(iter(library.items()))
-        if kind == "pypi":
-            package = value["package"]
-            name = re.split(r"[\s<>=!~\[;@]", package, maxsplit=1)[0]
-            try:
-                importlib.metadata.distribution(name)
-            except importlib.metadata.PackageNotFoundError:
-                return f"Could not find a version that satisfies the requirement {package}"
+    def _local_file(self, remote: str) -> Path | None:
+        """The file at a /Volumes, /Workspace or dbfs: path, or None when there is none."""
+        try:
+            local = self.resolve(remote)
+        except ApiError:
             return None
-        if isinstance(value, str) and value.startswith("dbfs:/") and not self.local_path(value).is_file():
-            return f"java.io.FileNotFoundException: {value} (No such file or directory)"
-        return None
+        return local if local.is_file() else None
+
+    def _requirements(self, run: _Run, spec: dict[str, Any]) -> tuple[list[str], str | None]:
+        """What the task installs: pip requirements (a wheel as its local path), or the problem that stops it."""
+        if "environment_key" in spec:
+            environment = next(e for e in run.request.get("environments", [])
+                               if e["environment_key"] == spec["environment_key"])
+            wanted = [("whl", d) if d.startswith(("/", "dbfs:")) else ("pypi", d)
+                      for d in environment["spec"].get("dependencies", [])]
+        else:
+            wanted = [(kind, value["package"] if kind == "pypi" else value)
+                      for library in spec.get("libraries", []) for kind, value in library.items()]
+        requirements = []
+        for kind, value in wanted:
+            if kind == "pypi":
+                if self.runtime is None:
+                    # a stub cluster "has" what this venv has
+                    name = re.split(r"[\s<>=!~\[;@]", value, maxsplit=1)[0]
+                    try:
+                        importlib.metadata.distribution(name)
+                    except importlib.metadata.PackageNotFoundError:
+                        return [], f"Could not find a version that satisfies the requirement {value}"
+                requirements.append(value)
+            elif kind == "whl":
+                local = self._local_file(value)
+                if local is None:
+                    return [], f"java.io.FileNotFoundException: {value} (No such file or directory)"
+                requirements.append(str(local))
+            else:
+                return [], f"the fake Databricks workspace cannot install {kind} libraries"
+        return requirements, None
+
+    def _runtime_dir(self) -> Path:
+        """The packages a Databricks runtime brings, linked from this venv (once per fake workspace)."""
+        assert self.runtime is not None
+        folder = self._tmp / "runtime"
+        if folder.exists():
+            return folder
+        staging = self._tmp / "runtime.partial"
+        staging.mkdir()
+        for name in self.runtime.distributions:
+            dist = importlib.metadata.distribution(name)
+            base = Path(str(dist.locate_file("")))
+            for top in sorted({Path(str(f)).parts[0] for f in dist.files or []}):
+                if top in ("..", "bin", "__pycache__") or (staging / top).exists() or not (base / top).exists():
+                    continue
+                (staging / top).symlink_to(base / top)
+        staging.rename(folder)
+        return folder
+
+    def _cluster_python(self, requirements: list[str]) -> tuple[str | None, str | None]:
+        """A fresh virtualenv with the runtime's packages and these requirements: (its python, problem)."""
+        identity = hashlib.sha256()
+        for requirement in requirements:
+            path = Path(requirement)
+            identity.update(path.read_bytes() if path.is_file() else requirement.encode())
+        key = identity.hexdigest()[:16]
+        with self._lock:
+            if key in self._cluster_envs:
+                return str(self._cluster_envs[key] / "bin" / "python"), None
+        venv = self._tmp / "clusters" / key
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+        python = venv / "bin" / "python"
+        purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+        Path(purelib, "_databricks_runtime.pth").write_text(f"{self._runtime_dir()}\n")
+        if requirements:
+            result = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                                     "--disable-pip-version-check", *self.runtime.pip_args, *requirements],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                return None, _tail(result.stderr.strip() or result.stdout.strip(), 4000)
+        with self._lock:
+            self._cluster_envs[key] = venv
+        return str(python), None
 
     def _target(self, python_file: str) -> str | None:
-        if python_file in self.entrypoints:
-            return f"module:{self.entrypoints[python_file]}"
-        if python_file.startswith("dbfs:/") and self.local_path(python_file).is_file():
-            return f"path:{self.local_path(python_file)}"
-        return None
+        local = self._local_file(python_file)
+        if self.runtime is not None:
+            return f"path:{local}" if local is not None else None
+        module = self.entrypoints.get(python_file) or self.entrypoints.get(python_file.rsplit("/", 1)[-1])
+        if module is not None:
+            return f"module:{module}"
+        return f"path:{local}" if local is not None else None
 
     def _run_task(self, run: _Run, task: _TaskRun) -> None:
         spec = task.spec
         if "new_cluster" in spec:
             cluster = spec["new_cluster"]
             cluster_id = time.strftime("%m%d-%H%M%S-") + f"fake{task.run_id}"
-        else:
+        elif "existing_cluster_id" in spec:
             cluster = self.clusters[spec["existing_cluster_id"]]
             cluster_id = cluster["cluster_id"]
+        else:  # serverless
+            cluster = {"spark_version": "serverless"}
+            cluster_id = f"serverless-{task.run_id}"
         with self._lock:
             task.cluster_id, task.start_time = cluster_id, _now_ms()
             task.life_cycle_state, task.state_message = "RUNNING", "In run"
 
-        for library in spec.get("libraries", []):
-            problem = self._library_problem(library)
-            if problem is not None:
-                return self._fail_task(task, "INTERNAL_ERROR",
-                                       f"Library installation failed for library due to user error. Error messages:\n{problem}")
+        requirements, problem = self._requirements(run, spec)
+        python = self.python
+        if problem is None and self.runtime is not None:
+            python, problem = self._cluster_python(requirements)
+        if problem is not None:
+            return self._fail_task(task, "INTERNAL_ERROR",
+                                   f"Library installation failed for library due to user error. Error messages:\n{problem}")
         python_file = spec["spark_python_task"]["python_file"]
         target = self._target(python_file)
         if target is None:
@@ -781,17 +1096,27 @@ class FakeDatabricksWorkspace:
         (workdir / "stdout").touch()
         (workdir / "stderr").touch()
         task.workdir = workdir
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_PIPES_", "FAKE_DATABRICKS_"))}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DAGSTER_PIPES_", "FAKE_DATABRICKS_", "PYSPARK_", "SPARK_"))
+               and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        if self.runtime is None:
+            env["PYTHONPATH"] = str(PROJECT_ROOT)
+            env[_ENV_EXTRA_JOBS] = json.dumps(self.extra_jobs)
+            shim = ["-m", SHIM_MODULE, "stub"]
+        else:
+            # the driver script runs from the run's folder, so nothing of this checkout is importable there
+            shutil.copy(Path(__file__), workdir / "fake_databricks_driver.py")
+            env[_ENV_SPARK_CONF] = json.dumps(self.runtime.spark_conf)
+            shim = [str(workdir / "fake_databricks_driver.py"), "real"]
         env["PYTHONUNBUFFERED"] = "1"
         env["DATABRICKS_RUNTIME_VERSION"] = ".".join(str(cluster.get("spark_version", "")).split(".")[:2])
         env["DB_CLUSTER_ID"] = cluster_id
         env.update(self.cluster_env)
         env.update(cluster.get("spark_env_vars") or {})
-        env[_ENV_DBFS_ROOT] = str(self.dbfs_root)
+        env[_ENV_MOUNTS] = json.dumps({"/dbfs": str(self.dbfs_root), "/Volumes": str(self.volumes_root),
+                                       "/Workspace": str(self.workspace_root)})
         env[_ENV_CLUSTER_ID] = cluster_id
-        env[_ENV_EXTRA_JOBS] = json.dumps(self.extra_jobs)
-        command = [self.python, "-m", SHIM_MODULE, target, python_file, *spec["spark_python_task"].get("parameters", [])]
+        command = [python, *shim, target, python_file, *spec["spark_python_task"].get("parameters", [])]
         out_path, err_path = workdir / "stdout", workdir / "stderr"
         with out_path.open("wb") as out, err_path.open("wb") as err, self._lock:
             if run.cancel_requested.is_set():
@@ -833,13 +1158,25 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers after stop()
 
     def _serve(self, method: str) -> None:
-        status, payload = self.fake._handle(self, method)
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        response = self.fake._handle(self, method)
+        headers = dict(response.headers)
+        if response.raw is not None:
+            data = response.raw
+        elif response.payload is None:
+            data = b""
+        else:
+            data = json.dumps(response.payload).encode("utf-8")
+            headers.setdefault("Content-Type", "application/json")
+        headers.setdefault("Content-Length", str(len(data)))
+        self.send_response(response.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if method != "HEAD" and response.status != 204:
+            self.wfile.write(data)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve("HEAD")
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._serve("GET")
@@ -885,8 +1222,8 @@ class ClusterSparkSession:
                            "FakeDatabricksWorkspace must not use their SparkSession")
 
 
-def _mount_dbfs(root: str) -> None:
-    """Emulate the /dbfs FUSE mount: paths under /dbfs go to the fake DBFS directory."""
+def _mount(mounts: dict[str, str]) -> None:
+    """Emulate Databricks' FUSE mounts (/dbfs, /Volumes, /Workspace): their paths go to the fake's folders."""
     import builtins
     import os.path
 
@@ -894,8 +1231,10 @@ def _mount_dbfs(root: str) -> None:
         if isinstance(path, int):
             return path
         text = os.fspath(path)
-        if isinstance(text, str) and (text == "/dbfs" or text.startswith("/dbfs/")):
-            return root + text[len("/dbfs"):]
+        if isinstance(text, str):
+            for prefix, root in mounts.items():
+                if text == prefix or text.startswith(prefix + "/"):
+                    return root + text[len(prefix):]
         return path
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -921,18 +1260,47 @@ def _install_cluster_session(cluster_id: str) -> None:
     SparkSession.Builder.getOrCreate = lambda self: session  # type: ignore[method-assign, assignment]
 
 
+def _start_runtime_session(cluster_id: str, conf: dict[str, str]) -> None:
+    """The session a Databricks driver has before the task starts: Spark with the runtime's conf, and the
+    runtime's built-in `kinesis` format."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # executors' Python workers: this cluster's venv
+    from pyspark.sql import SparkSession
+
+    conf = dict(conf)
+    builder = SparkSession.builder.master(conf.pop("spark.master", "local[2]")).appName(f"fake-databricks-{cluster_id}")
+    for key, value in {**conf, CLUSTER_ID_CONF: cluster_id}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        from pinterest_platform.streaming.kinesis_source import KinesisDataSource
+    except ImportError:
+        return
+
+    class DatabricksKinesis(KinesisDataSource):
+        @classmethod
+        def name(cls) -> str:
+            return "kinesis"
+
+    spark.dataSource.register(DatabricksKinesis)
+
+
 def _cluster_main(argv: list[str]) -> None:
-    """`<target> <python_file> <parameters...>`: run the task like a Databricks driver would."""
+    """`stub|real <target> <python_file> <parameters...>`: run the task like a Databricks driver would."""
     import runpy
 
-    target, python_file, *parameters = argv
-    _mount_dbfs(os.environ.pop(_ENV_DBFS_ROOT))
-    _install_cluster_session(os.environ.pop(_ENV_CLUSTER_ID))
-    extra_jobs = json.loads(os.environ.pop(_ENV_EXTRA_JOBS, "{}"))
-    if extra_jobs:
-        from pinterest_platform.jobs import JOBS
+    mode, target, python_file, *parameters = argv
+    _mount(json.loads(os.environ.pop(_ENV_MOUNTS)))
+    cluster_id = os.environ.pop(_ENV_CLUSTER_ID)
+    if mode == "stub":
+        _install_cluster_session(cluster_id)
+        extra_jobs = json.loads(os.environ.pop(_ENV_EXTRA_JOBS, "{}"))
+        if extra_jobs:
+            from pinterest_platform.jobs import JOBS
 
-        JOBS.update(extra_jobs)
+            JOBS.update(extra_jobs)
+    else:
+        _start_runtime_session(cluster_id, json.loads(os.environ.pop(_ENV_SPARK_CONF)))
     kind, _, what = target.partition(":")
     sys.argv = [python_file, *parameters]
     if kind == "module":

@@ -1,7 +1,8 @@
 """DatabricksSparkResource against a fake Databricks workspace (pinterest_platform_tests.fakes.databricks).
 
-The fake checks the exact REST requests PipesDatabricksClient and databricks-sdk make, and runs the submitted
-spark_python_task (our real entry point, under Dagster Pipes) in a subprocess on a fake cluster."""
+The fake checks the exact REST requests PipesDatabricksClient, PipesDatabricksServerlessClient and
+databricks-sdk make, and runs the submitted spark_python_task (our real entry point, under Dagster Pipes) in
+a subprocess on a stub cluster. test_databricks_e2e.py runs the real jobs on real Spark through it."""
 
 import base64
 import json
@@ -9,6 +10,7 @@ import re
 import time
 from importlib.metadata import version
 from typing import Any
+from urllib.parse import unquote
 
 import dagster as dg
 import pytest
@@ -17,30 +19,33 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import BadRequest, DatabricksError, NotFound, ResourceAlreadyExists
 from databricks.sdk.service import files, jobs
 
-from pinterest_platform.resources.spark import DatabricksSparkResource, SparkResource
+from pinterest_platform.resources.spark import DatabricksConfigError, DatabricksSparkResource, SparkResource
 from pinterest_platform_tests.fakes.databricks import TEST_JOBS, FakeDatabricksWorkspace
 
 TOKEN = "t0k3n"
 PIPES = f"dagster-pipes=={version('dagster-pipes')}"
-ENTRY = "dbfs:/pinterest_platform/databricks_entry.py"
-WHEEL = "dbfs:/pinterest_platform/wheels/pinterest_platform-0.1.0-py3-none-any.whl"
+VOLUME = "/Volumes/main/pinterest/platform"
+ARTIFACTS = f"{VOLUME}/artifacts/pinterest_platform-0.1.0-0123456789ab"
+ENTRY = f"{ARTIFACTS}/databricks_entry.py"
+WHEEL = f"{ARTIFACTS}/pinterest_platform-0.1.0-py3-none-any.whl"
 EXISTING_CLUSTER = "0101-000000-fakeabcd"
-NEW_CLUSTER = {"spark_version": "16.4.x-scala2.12", "node_type_id": "m5d.large", "num_workers": 1}
-TMP_DIR = re.compile(r"/tmp/[A-Za-z]{30}")
+NEW_CLUSTER = {"spark_version": "17.3.x-scala2.13", "node_type_id": "m5d.large", "num_workers": 1,
+               "data_security_mode": "SINGLE_USER"}
+TMP_DIR = re.compile(re.escape(VOLUME) + r"/tmp/[A-Za-z]{30}")
 
 
 @pytest.fixture
 def workspace():
-    with FakeDatabricksWorkspace(token=TOKEN, extra_jobs=TEST_JOBS,
+    with FakeDatabricksWorkspace(token=TOKEN, extra_jobs=TEST_JOBS, volumes=[VOLUME],
                                  clusters={EXISTING_CLUSTER: {**NEW_CLUSTER, "cluster_name": "shared"}}) as fake:
-        fake.put_file(WHEEL, b"PK\x03\x04 not really a wheel")  # the cluster only checks that it was uploaded
+        fake.put_file(WHEEL, b"PK\x03\x04 not really a wheel")  # a stub cluster only checks that it was uploaded
         yield fake
-    assert not fake.dbfs_root.exists()
+    assert not fake.volumes_root.exists()
 
 
 def databricks(fake: FakeDatabricksWorkspace, **overrides: Any) -> DatabricksSparkResource:
-    return DatabricksSparkResource(**{"host": fake.url, "token": TOKEN, "wheel": WHEEL,
-                                      "poll_interval_seconds": 0.2, **overrides})
+    return DatabricksSparkResource(**{"host": fake.url, "token": TOKEN, "volume": VOLUME, "entrypoint": ENTRY,
+                                      "wheel": WHEEL, "poll_interval_seconds": 0.2, **overrides})
 
 
 def materialize_job(resource: DatabricksSparkResource, job_name: str, params: dict[str, Any],
@@ -66,11 +71,18 @@ def full_message(error) -> str:
     return "\n".join(parts)
 
 
+def volume_path(request) -> str:
+    """The /Volumes/... path of a Files API request (/api/2.0/fs/files/Volumes/...)."""
+    _, _, rest = request.path.partition("/api/2.0/fs/")
+    return unquote("/" + rest.split("/", 1)[1])
+
+
 # ---- (a) the task dict ------------------------------------------------------------------------------------
 
 
-def test_submit_task_on_a_new_job_cluster_with_the_wheel():
-    resource = DatabricksSparkResource(host="https://example.cloud.databricks.com", token="x", wheel=WHEEL)
+def test_submit_task_on_a_new_job_cluster_runs_the_lts_runtime_with_the_wheel():
+    resource = DatabricksSparkResource(host="https://example.cloud.databricks.com", token="x", volume=VOLUME,
+                                       entrypoint=ENTRY, wheel=WHEEL)
     task = resource.submit_task("clean_batch")
     assert task == {
         "task_key": "pinterest_platform_clean_batch",
@@ -78,21 +90,52 @@ def test_submit_task_on_a_new_job_cluster_with_the_wheel():
         "libraries": [{"pypi": {"package": PIPES}}, {"whl": WHEEL}],
         "new_cluster": NEW_CLUSTER,
     }
+    assert resource.submit_args() == {}
     # nothing is lost on the way through the SDK's typed SubmitTask
     assert jobs.SubmitTask.from_dict(task).as_dict() == task
 
 
-def test_submit_task_on_an_existing_cluster_without_a_wheel():
-    resource = DatabricksSparkResource(host="https://example.cloud.databricks.com", token="x",
-                                       existing_cluster_id=EXISTING_CLUSTER, entrypoint="dbfs:/other/entry.py")
-    task = resource.submit_task("analytics")
-    assert task == {
+def test_submit_task_on_an_existing_cluster_and_with_an_instance_profile():
+    resource = DatabricksSparkResource(host="https://example.cloud.databricks.com", token="x", volume=VOLUME,
+                                       entrypoint=ENTRY, wheel=WHEEL, compute="existing_cluster",
+                                       existing_cluster_id=EXISTING_CLUSTER)
+    assert resource.submit_task("analytics") == {
         "task_key": "pinterest_platform_analytics",
-        "spark_python_task": {"python_file": "dbfs:/other/entry.py", "parameters": ["analytics"]},
-        "libraries": [{"pypi": {"package": PIPES}}],
+        "spark_python_task": {"python_file": ENTRY, "parameters": ["analytics"]},
+        "libraries": [{"pypi": {"package": PIPES}}, {"whl": WHEEL}],
         "existing_cluster_id": EXISTING_CLUSTER,
     }
-    assert jobs.SubmitTask.from_dict(task).as_dict() == task
+    arn = "arn:aws:iam::123456789012:instance-profile/pinterest-lake"
+    profiled = DatabricksSparkResource(host="https://x", token="x", volume=VOLUME, entrypoint=ENTRY, wheel=WHEEL,
+                                       instance_profile_arn=arn, spark_version="18.0.x-scala2.13")
+    cluster = profiled.submit_task("analytics")["new_cluster"]
+    assert cluster["aws_attributes"] == {"instance_profile_arn": arn} and cluster["spark_version"] == "18.0.x-scala2.13"
+
+
+def test_serverless_task_names_an_environment_with_the_wheel_and_pipes():
+    resource = DatabricksSparkResource(host="https://x", token="x", volume=VOLUME, entrypoint=ENTRY, wheel=WHEEL,
+                                       compute="serverless")
+    task = resource.submit_task("stream")
+    assert task == {"task_key": "pinterest_platform_stream", "environment_key": "pinterest_platform",
+                    "spark_python_task": {"python_file": ENTRY, "parameters": ["stream"]}}
+    [environment] = resource.submit_args()["environments"]
+    assert environment.as_dict() == {"environment_key": "pinterest_platform",
+                                     "spec": {"environment_version": "4", "dependencies": [PIPES, WHEEL]}}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"compute": "gpu"}, "DATABRICKS_COMPUTE='gpu'"),
+    ({"compute": "existing_cluster"}, "needs DATABRICKS_CLUSTER_ID"),
+    ({"volume": "dbfs:/tmp"}, "DATABRICKS_VOLUME='dbfs:/tmp'"),
+    ({"volume": "/Volumes/main"}, "expected /Volumes/<catalog>/<schema>/<volume>"),
+    ({"entrypoint": "dbfs:/pinterest_platform/databricks_entry.py"}, "DBFS root is disabled"),
+    ({"wheel": "s3://bucket/x.whl"}, "DATABRICKS_WHEEL='s3://bucket/x.whl'"),
+])
+def test_wrong_settings_are_refused_before_anything_is_submitted(overrides, message):
+    resource = DatabricksSparkResource(**{"host": "https://x", "token": "x", "volume": VOLUME, "entrypoint": ENTRY,
+                                          "wheel": WHEEL, **overrides})
+    with pytest.raises(DatabricksConfigError, match=re.escape(message)):
+        resource.submit_task("analytics")
 
 
 # ---- (b) end to end through the fake ----------------------------------------------------------------------
@@ -114,68 +157,76 @@ def test_run_job_on_a_new_cluster_returns_the_remote_result(workspace):
     [submit] = workspace.requests_to("POST", "/jobs/runs/submit")
     assert submit.path == "/api/2.2/jobs/runs/submit"
     env = submit.body["tasks"][0]["new_cluster"]["spark_env_vars"]
+    tags = submit.body["tasks"][0].get("tags")
     assert submit.body == {"tasks": [{
         "task_key": "pinterest_platform_fake_echo",
         "spark_python_task": {"python_file": ENTRY, "parameters": ["fake_echo"]},
         "libraries": [{"pypi": {"package": PIPES}}, {"whl": WHEEL}],
         "new_cluster": {**NEW_CLUSTER, "spark_env_vars": {"DAGSTER_PIPES_CONTEXT": env["DAGSTER_PIPES_CONTEXT"],
                                                           "DAGSTER_PIPES_MESSAGES": env["DAGSTER_PIPES_MESSAGES"]}},
+        **({"tags": tags} if tags is not None else {}),
     }]}
     context_path = decode_param(env["DAGSTER_PIPES_CONTEXT"])["path"]
     messages = decode_param(env["DAGSTER_PIPES_MESSAGES"])
     assert re.fullmatch(TMP_DIR.pattern + "/context.json", context_path)
-    assert messages == {"path": messages["path"], "include_stdio_in_messages": False}
+    assert messages == {"path": messages["path"], "include_stdio_in_messages": True}
     assert TMP_DIR.fullmatch(messages["path"])
 
-    # the context (with our extras) went to DBFS before the run was submitted
-    [put] = workspace.requests_to("POST", "/dbfs/put")
-    assert put.body["path"] == context_path and put.body["overwrite"] is True
-    context = json.loads(base64.b64decode(put.body["contents"]))
+    # Pipes' files live in the Unity Catalog volume (Files API), never on DBFS
+    assert not [r for r in workspace.requests if "/dbfs/" in r.path]
+    [put] = [r for r in workspace.requests_to("PUT", "") if r.path.startswith("/api/2.0/fs/files/")]
+    assert volume_path(put) == context_path
+    assert workspace.requests.index(put) < workspace.requests.index(submit)
+    context = json.loads(put.raw)
     assert context["extras"] == {"job": "fake_echo", "params": {"x": 1}}
     assert context["asset_keys"] == ["remote_job"]
-    assert workspace.requests.index(put) < workspace.requests.index(submit)
-    mkdirs = [r.body["path"] for r in workspace.requests_to("POST", "/dbfs/mkdirs")]
-    deletes = [r.body for r in workspace.requests_to("POST", "/dbfs/delete")]
-    assert sorted(mkdirs) == sorted([context_path.rsplit("/", 1)[0], messages["path"]])
-    assert sorted(deletes, key=lambda b: b["path"]) == sorted(({"path": p, "recursive": True} for p in mkdirs),
-                                                              key=lambda b: b["path"])
-    reads = [r for r in workspace.requests_to("GET", "/dbfs/read") if r.status == 200]
-    assert [r.query["path"] for r in reads] == [f"{messages['path']}/1.json"]
-    assert [p.name for p in workspace.local_path("/tmp").iterdir()] == []  # Pipes cleaned up its temp dirs
+    made = sorted(volume_path(r) for r in workspace.requests_to("PUT", "") if "/fs/directories/" in r.path)
+    assert made == sorted([context_path.rsplit("/", 1)[0], messages["path"]])
+    removed = sorted(volume_path(r) for r in workspace.requests_to("DELETE", "") if "/fs/directories/" in r.path)
+    assert removed == made
+    assert [p.name for p in (workspace.volumes_root / "main/pinterest/platform/tmp").iterdir()] == []
 
     # the run was polled through its life cycle
     seen = [r.response["state"]["life_cycle_state"] for r in workspace.requests_to("GET", "/jobs/runs/get")]
     states = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
     assert states[0] == "PENDING" and "RUNNING" in states and states[-1] == "TERMINATED"
 
-    # every request carried the token, and nothing but chunk reads before the chunk existed was refused
+    # every request carried the token, and nothing but reads of message chunks not yet written was refused
     assert {r.headers["Authorization"] for r in workspace.requests} == {f"Bearer {TOKEN}"}
-    assert {(r.path, r.status) for r in workspace.requests if r.status != 200} <= {("/api/2.0/dbfs/read", 404)}
-    assert not workspace.requests_to("GET", "/clusters/get")
+    refused = {(r.method, r.path.split("/fs/")[0], r.status) for r in workspace.requests if r.status >= 300}
+    assert refused <= {("GET", "/api/2.0", 404), ("HEAD", "/api/2.0", 404)}
 
 
 def test_run_job_on_an_existing_cluster_passes_pipes_params_as_task_parameters(workspace):
-    resource = databricks(workspace, existing_cluster_id=EXISTING_CLUSTER, wheel=None)
+    resource = databricks(workspace, compute="existing_cluster", existing_cluster_id=EXISTING_CLUSTER)
     result = materialize_job(resource, "fake_echo", {"x": 2})
     assert result.success, full_message(step_error(result))
     assert result.output_for_node("remote_job") == {"echo": {"x": 2}, "rows": 3, "cluster_id": EXISTING_CLUSTER}
 
     [submit] = workspace.requests_to("POST", "/jobs/runs/submit")
     parameters = submit.body["tasks"][0]["spark_python_task"]["parameters"]
-    assert submit.body == {"tasks": [{
-        "task_key": "pinterest_platform_fake_echo",
-        "spark_python_task": {"python_file": ENTRY, "parameters": parameters},
-        "libraries": [{"pypi": {"package": PIPES}}],
-        "existing_cluster_id": EXISTING_CLUSTER,
-    }]}
+    assert submit.body["tasks"][0]["existing_cluster_id"] == EXISTING_CLUSTER
+    assert "new_cluster" not in submit.body["tasks"][0]
     assert [parameters[0], parameters[1], parameters[3]] == ["fake_echo", "--dagster-pipes-context",
                                                              "--dagster-pipes-messages"]
     assert len(parameters) == 5
     assert re.fullmatch(TMP_DIR.pattern + "/context.json", decode_param(parameters[2])["path"])
     assert TMP_DIR.fullmatch(decode_param(parameters[4])["path"])
-    # Pipes looks the cluster up (for log delivery) before submitting
-    [cluster_get] = workspace.requests_to("GET", "/clusters/get")
-    assert cluster_get.query == {"cluster_id": EXISTING_CLUSTER} and cluster_get.status == 200
+
+
+def test_run_job_on_serverless_sends_the_environment_and_bootstraps_through_parameters(workspace):
+    result = materialize_job(databricks(workspace, compute="serverless"), "fake_echo", {"x": 3})
+    assert result.success, full_message(step_error(result))
+    [run_id] = workspace.run_ids()
+    cluster_id = workspace.run_view(run_id)["tasks"][0]["cluster_instance"]["cluster_id"]
+    assert result.output_for_node("remote_job") == {"echo": {"x": 3}, "rows": 3, "cluster_id": cluster_id}
+    [submit] = workspace.requests_to("POST", "/jobs/runs/submit")
+    [task] = submit.body["tasks"]
+    assert submit.body["environments"] == [{"environment_key": "pinterest_platform",
+                                            "spec": {"environment_version": "4", "dependencies": [PIPES, WHEEL]}}]
+    assert task["environment_key"] == "pinterest_platform"
+    assert not {"libraries", "new_cluster", "existing_cluster_id"} & set(task)
+    assert task["spark_python_task"]["parameters"][:2] == ["fake_echo", "--dagster-pipes-context"]
 
 
 # ---- (c) a failing remote job -----------------------------------------------------------------------------
@@ -250,11 +301,27 @@ def test_fake_dbfs_and_jobs_api_semantics(workspace):
         {"task_key": "t", "spark_python_task": {"python_file": ENTRY}, "existing_cluster_id": "nope"},
         {"task_key": "t", "notebook_task": {"notebook_path": "/x"}, "new_cluster": NEW_CLUSTER},
         {"task_key": "t", "spark_python_task": {"python_file": ENTRY},
-         "new_cluster": {"spark_version": "16.4.x-scala2.12"}},  # no node type
+         "new_cluster": {"spark_version": "17.3.x-scala2.13"}},  # no node type
+        {"task_key": "t", "spark_python_task": {"python_file": ENTRY}, "environment_key": "nope"},  # no such env
     ]
     for task in bad_tasks:
         with pytest.raises(BadRequest):
             client.jobs.submit(tasks=[jobs.SubmitTask.from_dict(task)])
+    # serverless tasks take their libraries from the environment, as the service insists
+    environment = jobs.JobEnvironment.from_dict({"environment_key": "e", "spec": {"environment_version": "4"}})
+    with pytest.raises(BadRequest, match="Libraries field is not supported for serverless"):
+        client.jobs.submit(environments=[environment], tasks=[jobs.SubmitTask.from_dict(
+            {"task_key": "t", "spark_python_task": {"python_file": ENTRY}, "environment_key": "e",
+             "libraries": [{"whl": WHEEL}]})])
+    # a body the SDK's models do not describe is refused (as the service refuses unknown fields)
+    with pytest.raises(BadRequest, match="unknown field"):
+        client.api_client.do("POST", "/api/2.2/jobs/runs/submit", body={
+            "tasks": [{"task_key": "t", "spark_python_task": {"python_file": ENTRY}, "new_cluster": NEW_CLUSTER}],
+            "cluster_spec": {}})
+    with pytest.raises(BadRequest, match="does not match the SubmitTask model"):
+        client.api_client.do("POST", "/api/2.2/jobs/runs/submit", body={
+            "tasks": [{"task_key": "t", "spark_python_task": {"python_file": ENTRY}, "new_cluster": NEW_CLUSTER,
+                       "python_file": "misplaced.py"}]})
     assert workspace.run_ids() == []
     with pytest.raises(DatabricksError, match="Run 424242 does not exist"):
         client.jobs.get_run(424242)
@@ -275,13 +342,14 @@ def test_fake_cluster_checks_libraries_and_entry_point_refuses_to_run_outside_pi
     task = {"task_key": "t", "spark_python_task": {"python_file": ENTRY, "parameters": ["fake_echo"]},
             "new_cluster": NEW_CLUSTER}
     missing_wheel = client.jobs.submit(tasks=[jobs.SubmitTask.from_dict(
-        {**task, "libraries": [{"whl": "dbfs:/nowhere/missing.whl"}]})]).bind()["run_id"]
+        {**task, "libraries": [{"whl": "/Volumes/main/pinterest/platform/nowhere/missing.whl"}]})]).bind()["run_id"]
     unknown_package = client.jobs.submit(tasks=[jobs.SubmitTask.from_dict(
         {**task, "libraries": [{"pypi": {"package": "surely-not-installed-pkg==1.0"}}]})]).bind()["run_id"]
     no_pipes = client.jobs.submit(tasks=[jobs.SubmitTask.from_dict(
         {**task, "libraries": [{"whl": WHEEL}, {"pypi": {"package": PIPES}}]})]).bind()["run_id"]
 
-    for run_id, missing in [(missing_wheel, "dbfs:/nowhere/missing.whl"), (unknown_package, "surely-not-installed")]:
+    for run_id, missing in [(missing_wheel, "/Volumes/main/pinterest/platform/nowhere/missing.whl"),
+                            (unknown_package, "surely-not-installed")]:
         run = wait_for_run(client, run_id)
         assert run.state.life_cycle_state == jobs.RunLifeCycleState.INTERNAL_ERROR
         assert run.state.result_state == jobs.RunResultState.FAILED
