@@ -12,9 +12,32 @@ Endpoints (exactly these):
   `{"FailedRecordCount", "Records": [{"SequenceNumber", "ShardId"} | {"ErrorCode", "ErrorMessage"}]}`.
 - `GET /openapi.json`, `GET /health`.
 
-Every error answer is JSON `{"error_code": <int>, "message": <text>}`: 401/403 API key, 404 unknown topic or
-stream, 400 not JSON, 413 body too large, 415 wrong content type, 422 JSON of the wrong shape, 503 broker
-or Kinesis unavailable.
+Every error answer is JSON `{"error_code": <int>, "message": <text>}`; no input gets a 500 or a plain-text
+answer. The codes:
+
+- 400: 40001 body empty or not JSON (NaN/Infinity included), 40002 Kinesis refused the request, 40003 bad
+  Content-Length, 40004 client disconnected mid-body.
+- 401 40101 no API key; 403 40301 wrong API key.
+- 404: 40400 no such route, 40401 unknown topic, 40402 unknown stream; 405 40500 wrong method.
+- 413: 41301 body over the gateway's limit (10 MiB by default); 41302 record too large: a Kafka key + value
+  over the producer's message.max.bytes less librdkafka's framing (KAFKA_MAX_RECORD_BYTES), or Kinesis data
+  + partition key over 1 MiB; 41303 PutRecords over 5 MiB in all.
+- 415 41501 wrong Content-Type.
+- 422: 42201 body not an object with a non-empty `records` array, 42202 a record of the wrong shape (not an
+  object, no value/data, Kinesis data neither object nor string), 42203 partition key missing, not a
+  string or not 1..256 characters, 42204 partition not an integer of the topic, 42205 StreamName differs
+  from the path, 42207 over 500 PutRecords records, 42210 body not UTF-8, 42211 lone surrogate (`\\ud800`),
+  42212 duplicate object key at any depth, 42213 nested too deeply, 42214 number out of range (1e999,
+  over 4300 digits).
+- 500: 50000 a bug of the gateway (logged with its traceback), 50001 unexpected Kinesis client failure.
+- 503 (retry later): 50301 broker unavailable or no record acknowledged, 50302 Kinesis unavailable or
+  throttling, 50303 timed out waiting for the broker's acknowledgement.
+
+Size errors are permanent, so never 503. REST Proxy answers per record as REST Proxy v2 does: a record too
+large gets `{"partition": null, "offset": null, "error_code": 41302, "error": "record too large: ..."}` in
+`offsets` and is not produced; the rest are, with HTTP 200; when every record is too large the answer is
+HTTP 413 (error_code 41302) with the same `offsets`. Kinesis limits are checked here before calling
+Kinesis, and, as AWS does for PutRecords, one record over 1 MiB rejects the whole request.
 """
 
 from __future__ import annotations
@@ -23,6 +46,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -39,8 +64,17 @@ log = logging.getLogger(__name__)
 KAFKA_JSON_V2 = "application/vnd.kafka.json.v2+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024       # API Gateway's payload limit
 KINESIS_MAX_RECORDS = 500
-KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024          # data + partition key, per record
+KINESIS_MAX_REQUEST_BYTES = 5 * 1024 * 1024     # all data + partition keys of one PutRecords
 KINESIS_MAX_PARTITION_KEY = 256
+# Set on the gateway's producer (it is librdkafka's default) so the check below and librdkafka agree; the
+# broker's own limit (1048588 by default) is higher, so a record that passes here is not refused there.
+KAFKA_MAX_MESSAGE_BYTES = 1_000_000
+# librdkafka counts a record's worst-case v2 framing against message.max.bytes (measured: with the default
+# 1,000,000 it takes key + value up to 999,964 bytes and refuses one more).
+KAFKA_RECORD_OVERHEAD_BYTES = 36
+KAFKA_MAX_RECORD_BYTES = KAFKA_MAX_MESSAGE_BYTES - KAFKA_RECORD_OVERHEAD_BYTES
+RECORD_TOO_LARGE = 41302
 DELIVERY_TIMEOUT_MS = 30_000
 METADATA_TTL = 30.0
 
@@ -77,7 +111,8 @@ class KafkaBackend:
 
     def start(self) -> None:
         # short linger: a REST request waits for its own records' acknowledgement
-        self.producer = self.kafka.producer(**{"linger.ms": 2, "message.timeout.ms": self.delivery_timeout_ms})
+        self.producer = self.kafka.producer(**{"linger.ms": 2, "message.timeout.ms": self.delivery_timeout_ms,
+                                               "message.max.bytes": KAFKA_MAX_MESSAGE_BYTES})
         self._thread = threading.Thread(target=self._serve, name="gateway-kafka-poll", daemon=True)
         self._thread.start()
 
@@ -140,17 +175,8 @@ class KafkaBackend:
                     break
         timeout = self.delivery_timeout_ms / 1000 + 10
         results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
-        offsets = []
-        for err, msg in results:
-            if err is None:
-                offsets.append({"partition": msg.partition(), "offset": msg.offset(),
-                                "error_code": None, "error": None})
-            else:
-                error = err.args[0] if isinstance(err, Exception) and err.args else err
-                retriable = bool(error.retriable()) if hasattr(error, "retriable") else True
-                offsets.append({"partition": None, "offset": None, "error_code": 1 if retriable else 2,
-                                "error": str(err)})
-        return offsets
+        return [{"partition": msg.partition(), "offset": msg.offset(), "error_code": None, "error": None}
+                if err is None else _failed_offset(err) for err, msg in results]
 
     def healthy(self) -> tuple[bool, str]:
         try:
@@ -158,6 +184,23 @@ class KafkaBackend:
             return True, f"{len(metadata.brokers)} broker(s)"
         except Exception as exc:
             return False, str(exc)
+
+
+def _failed_offset(err) -> dict:
+    """A failed delivery (KafkaError, or the KafkaException produce() raised) as a REST Proxy offset entry."""
+    from confluent_kafka import KafkaError
+
+    error = err.args[0] if isinstance(err, Exception) and err.args else err
+    code = error.code() if hasattr(error, "code") else None
+    # a size refusal (ours or the broker's) cannot succeed on retry: a permanent per-record error, not 503
+    if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE):
+        return _too_large_offset(f"Kafka refused it: {err}")
+    retriable = bool(error.retriable()) if hasattr(error, "retriable") else True
+    return {"partition": None, "offset": None, "error_code": 1 if retriable else 2, "error": str(err)}
+
+
+def _too_large_offset(detail: str) -> dict:
+    return {"partition": None, "offset": None, "error_code": RECORD_TOO_LARGE, "error": f"record too large: {detail}"}
 
 
 class KinesisBackend:
@@ -213,7 +256,10 @@ class KinesisBackend:
 
 
 def _kinesis_error(exc: Exception) -> ApiError:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+    if isinstance(exc, ParamValidationError):  # botocore's own check of the input, before any call
+        return ApiError(400, f"Kinesis rejected the request: {exc}", 40002)
 
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -225,6 +271,7 @@ def _kinesis_error(exc: Exception) -> ApiError:
         return ApiError(503, f"Kinesis unavailable ({code}): {message}", 50302)
     if isinstance(exc, BotoCoreError):
         return ApiError(503, f"Kinesis unavailable: {exc}", 50302)
+    log.error("unexpected Kinesis client failure", exc_info=exc)
     return ApiError(500, f"Kinesis call failed: {exc}", 50001)
 
 
@@ -256,13 +303,80 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+# A lone surrogate can only come from a \uD800-\uDFFF escape (strict UTF-8 decoding refuses encoded ones),
+# so bodies without such an escape, nearly all of them, skip the walk over every string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # the platform reads duplicate keys as malformed; letting the last one win here would forward a record
+    # whose meaning depends on the reader
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(422, f"Duplicate key {_short(key)} in a JSON object", 42212)
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, f"Request body is not valid JSON: {name} is not a JSON value", 40001)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # would be forwarded as `Infinity`, which no JSON reader accepts
+        raise ApiError(422, f"Number {_short(text)} is out of range", 42214)
+    return value
+
+
+def _short(text: str, limit: int = 80) -> str:
+    shown = repr(text)  # repr escapes surrogates, so the error answer itself always encodes
+    return shown if len(shown) <= limit else shown[:limit] + "...'"
+
+
+def _has_lone_surrogate(text: str, payload: Any) -> bool:
+    if not _SURROGATE_ESCAPE.search(text):
+        return False
+    stack = [payload]  # iterative: the payload may be as deep as the parser allowed
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _json(body: bytes) -> Any:
+    """The body as JSON, refused unless it is strict UTF-8 JSON that re-encodes to UTF-8 as it came."""
     if not body:
         raise ApiError(400, "Request body is empty: expected a JSON object", 40001)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # strict UTF-8 only: json.loads(bytes) would also take UTF-16/32
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, f"Request body is not valid UTF-8: {exc}", 42210) from None
+    try:
+        payload = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                             parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
         raise ApiError(400, f"Request body is not valid JSON: {exc}", 40001) from None
+    except RecursionError:
+        raise ApiError(422, "Request body is nested too deeply", 42213) from None
+    except ValueError as exc:  # an integer over Python's 4300-digit limit
+        raise ApiError(422, f"A number in the request body is out of range: {exc}", 42214) from None
+    if _has_lone_surrogate(text, payload):
+        raise ApiError(422, "Request body has a lone surrogate (an unpaired \\ud800-\\udfff escape): "
+                       "it has no UTF-8 encoding", 42211)
+    return payload
 
 
 def _records(payload: Any, what: str) -> list:
@@ -277,20 +391,58 @@ def _records(payload: Any, what: str) -> list:
     return records
 
 
-def _encode(value: Any) -> bytes:
-    """JSON value -> bytes as stored: strings as their UTF-8 text, anything else as compact JSON."""
+def _utf8(text: str, where: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # _json refuses these already; this keeps a miss a 422, not a 500
+        raise ApiError(422, f"{where} has a lone surrogate: it has no UTF-8 encoding", 42211) from None
+
+
+def _json_bytes(value: Any, where: str) -> bytes:
+    """Compact UTF-8 JSON, or a 422: never bytes a JSON reader would refuse."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise ApiError(422, f"{where} is nested too deeply", 42213) from None
+    except ValueError as exc:  # NaN/Infinity: _json refuses them already
+        raise ApiError(422, f"{where}: {exc}", 42214) from None
+    return _utf8(text, where)
+
+
+def _kinesis_data(value: Any, where: str) -> bytes:
+    """Kinesis data as stored: a row object as compact JSON, a string as its UTF-8 text."""
     if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _utf8(value, where)
+    if not isinstance(value, dict):
+        raise ApiError(422, f"{where} must be the row object (or a string), got {_json_type(value)}", 42202)
+    return _json_bytes(value, where)
 
 
-def _partition_key(value: Any, where: str) -> str:
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "?")
+
+
+def _partition_key(value: Any, where: str) -> tuple[str, bytes]:
+    """The key and its UTF-8 bytes (which count towards the record's 1 MiB)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ApiError(422, f"{where}: partition key must be a string", 42203)
+        raise ApiError(422, f"{where}: partition key must be a string, got {_json_type(value)}", 42203)
     key = str(value)
     if not 1 <= len(key) <= KINESIS_MAX_PARTITION_KEY:
-        raise ApiError(422, f"{where}: partition key must be 1 to {KINESIS_MAX_PARTITION_KEY} characters", 42203)
-    return key
+        raise ApiError(422, f"{where}: partition key must be 1 to {KINESIS_MAX_PARTITION_KEY} characters "
+                       f"(got {len(key)})", 42203)
+    return key, _utf8(key, where)
+
+
+def _check_kinesis_record_size(data: bytes, key: bytes, where: str) -> int:
+    size = len(data) + len(key)
+    if size > KINESIS_MAX_RECORD_BYTES:
+        raise ApiError(413, f"{where}: record too large: data + partition key are {size} bytes, over Kinesis' "
+                       f"limit of {KINESIS_MAX_RECORD_BYTES} bytes (1 MiB)", RECORD_TOO_LARGE)
+    return size
 
 
 def _check_json_content_type(request: Request) -> None:
@@ -307,8 +459,10 @@ def openapi_schema() -> dict:
 
     def errors(*codes: int) -> dict:
         texts = {400: "Malformed request (not JSON)", 401: "Missing API key", 403: "Invalid API key",
-                 404: "Unknown topic or stream", 413: "Body too large", 415: "Wrong content type",
-                 422: "JSON of the wrong shape", 503: "Broker or Kinesis unavailable"}
+                 404: "Unknown topic or stream", 413: "Body or record too large (41301 body, 41302 record, "
+                 "41303 PutRecords total)", 415: "Wrong content type",
+                 422: "Not UTF-8 JSON without duplicate keys or lone surrogates, or JSON of the wrong shape",
+                 500: "A gateway bug (logged)", 503: "Broker or Kinesis unavailable: retry later"}
         return {str(c): {"description": texts[c], "content": {"application/json": {"schema": error}}}
                 for c in codes}
 
@@ -340,7 +494,8 @@ def openapi_schema() -> dict:
                             "partition": {"type": "integer", "nullable": True},
                             "offset": {"type": "integer", "nullable": True},
                             "error_code": {"type": "integer", "nullable": True,
-                                           "description": "1 retriable, 2 not retriable"},
+                                           "description": "1 retriable, 2 not retriable, 41302 record "
+                                                          "too large (not produced; do not retry)"},
                             "error": {"type": "string", "nullable": True}}}},
                         "key_schema_id": {"type": "integer", "nullable": True},
                         "value_schema_id": {"type": "integer", "nullable": True}}},
@@ -375,7 +530,7 @@ def openapi_schema() -> dict:
                 "responses": {"200": {"description": "Every record acknowledged by the broker (or its error)",
                                       "content": {KAFKA_JSON_V2: {
                                           "schema": {"$ref": "#/components/schemas/ProduceResponse"}}}},
-                              **errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
+                              **errors(400, 401, 403, 404, 413, 415, 422, 500, 503)}}},
             "/streams/{stream}/record": {"put": {
                 "summary": "Put one record into a Kinesis stream (PutRecord)",
                 "parameters": [stream_param],
@@ -383,7 +538,7 @@ def openapi_schema() -> dict:
                     "schema": {"$ref": "#/components/schemas/PutRecordRequest"}}}},
                 "responses": {"200": {"description": "Stored", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/PutRecordResponse"}}}},
-                    **errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
+                    **errors(400, 401, 403, 404, 413, 415, 422, 500, 503)}}},
             "/streams/{stream}/records": {"put": {
                 "summary": "Put up to 500 records into a Kinesis stream (PutRecords)",
                 "parameters": [stream_param],
@@ -392,7 +547,7 @@ def openapi_schema() -> dict:
                 "responses": {"200": {"description": "Per-record results; retry those with an ErrorCode",
                                       "content": {"application/json": {
                                           "schema": {"$ref": "#/components/schemas/PutRecordsResponse"}}}},
-                              **errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
+                              **errors(400, 401, 403, 404, 413, 415, 422, 500, 503)}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3 schema"}}}},
             "/health": {"get": {"summary": "Liveness and backend reachability", "security": [],
@@ -403,6 +558,11 @@ def openapi_schema() -> dict:
 
 
 # --- the app --------------------------------------------------------------------------------------
+
+
+def _internal_error() -> JSONResponse:
+    return ApiError(500, "Internal gateway error (a bug, logged with its traceback); some of the request's "
+                    "records may have been delivered", 50000).response()
 
 
 def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -430,6 +590,11 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
                 return exc.response()
             except asyncio.TimeoutError:
                 return ApiError(503, "Timed out waiting for the broker to acknowledge the records", 50303).response()
+            except Exception:
+                # only our own bugs get here (every input error is an ApiError): answer JSON like every
+                # other error, and keep the traceback for whoever fixes it
+                log.exception("gateway bug answering %s %s", request.method, request.url.path)
+                return _internal_error()
         return endpoint
 
     async def produce(request: Request):
@@ -442,26 +607,40 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
         if partitions is None:
             raise ApiError(404, f"Topic {topic!r} not found", 40401)
         outgoing = []
+        offsets: list[dict | None] = []   # None: to be filled in by the broker's answer
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise ApiError(422, f"records[{i}] must be an object with a `value`", 42202)
+                raise ApiError(422, f"records[{i}] must be an object with a `value`, got {_json_type(rec)}",
+                               42202)
             if "value" not in rec:
                 raise ApiError(422, f"records[{i}] has no `value`", 42202)
             partition = rec.get("partition")
             if partition is not None and (isinstance(partition, bool) or not isinstance(partition, int)
                                           or not 0 <= partition < partitions):
-                raise ApiError(422, f"records[{i}].partition must be an integer in 0..{partitions - 1}", 42204)
-            key = None if rec.get("key") is None else json.dumps(rec["key"], ensure_ascii=False,
-                                                                 separators=(",", ":")).encode("utf-8")
-            value = None if rec["value"] is None else json.dumps(rec["value"], ensure_ascii=False,
-                                                                 separators=(",", ":")).encode("utf-8")
+                got = _short(str(partition)) if isinstance(partition, int) and not isinstance(partition, bool) \
+                    else _json_type(partition)
+                raise ApiError(422, f"records[{i}].partition must be an integer in 0..{partitions - 1}, "
+                               f"got {got}", 42204)
+            key = None if rec.get("key") is None else _json_bytes(rec["key"], f"records[{i}].key")
+            value = None if rec["value"] is None else _json_bytes(rec["value"], f"records[{i}].value")
+            size = len(key or b"") + len(value or b"")
+            if size > KAFKA_MAX_RECORD_BYTES:
+                # REST Proxy answers each record on its own: this one fails, the others are still produced
+                offsets.append(_too_large_offset(f"key + value are {size} bytes, over the limit of "
+                                                 f"{KAFKA_MAX_RECORD_BYTES} bytes"))
+                continue
+            offsets.append(None)
             outgoing.append((key, value, partition))
-        offsets = await kafka_backend.produce(topic, outgoing)
+        produced = iter(await kafka_backend.produce(topic, outgoing) if outgoing else [])
+        offsets = [o if o is not None else next(produced) for o in offsets]
         body = {"offsets": offsets, "key_schema_id": None, "value_schema_id": None}
         failed = [o for o in offsets if o["error_code"] is not None]
         if failed and len(failed) == len(offsets):
+            if all(o["error_code"] == RECORD_TOO_LARGE for o in failed):
+                raise ApiError(413, f"Every record is too large: {failed[0]['error']}", RECORD_TOO_LARGE, **body)
             return JSONResponse({"error_code": 50301, "message": f"Kafka broker did not acknowledge any record: "
-                                 f"{failed[0]['error']}", **body}, status_code=503)
+                                 f"{next(o for o in failed if o['error_code'] != RECORD_TOO_LARGE)['error']}",
+                                 **body}, status_code=503)
         return JSONResponse(body, media_type=KAFKA_JSON_V2)
 
     async def put_record(request: Request):
@@ -476,10 +655,9 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
             raise ApiError(422, "Missing `Data`: expected the row object", 42202)
         if "PartitionKey" not in payload:
             raise ApiError(422, "Missing `PartitionKey`", 42203)
-        key = _partition_key(payload["PartitionKey"], "PartitionKey")
-        data = _encode(payload["Data"])
-        if len(data) + len(key.encode()) > KINESIS_MAX_RECORD_BYTES:
-            raise ApiError(422, "Data is larger than Kinesis' 1 MiB record limit", 42206)
+        key, key_bytes = _partition_key(payload["PartitionKey"], "PartitionKey")
+        data = _kinesis_data(payload["Data"], "Data")
+        _check_kinesis_record_size(data, key_bytes, "Data")
         if not await run_in_threadpool(kinesis_backend.exists, stream):
             raise ApiError(404, f"Stream {stream!r} not found", 40402)
         answer = await run_in_threadpool(kinesis_backend.put_record, stream, data, key)
@@ -492,18 +670,23 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
         if len(records) > KINESIS_MAX_RECORDS:
             raise ApiError(422, f"At most {KINESIS_MAX_RECORDS} records per request (got {len(records)})", 42207)
         entries = []
+        total = 0
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
-                raise ApiError(422, f"records[{i}] must be an object with `data` and `partition-key`", 42202)
+                raise ApiError(422, f"records[{i}] must be an object with `data` and `partition-key`, got "
+                               f"{_json_type(rec)}", 42202)
             if "data" not in rec:
                 raise ApiError(422, f"records[{i}] has no `data`", 42202)
             if "partition-key" not in rec:
                 raise ApiError(422, f"records[{i}] has no `partition-key`", 42203)
-            key = _partition_key(rec["partition-key"], f"records[{i}]")
-            data = _encode(rec["data"])
-            if len(data) + len(key.encode()) > KINESIS_MAX_RECORD_BYTES:
-                raise ApiError(422, f"records[{i}].data is larger than Kinesis' 1 MiB record limit", 42206)
+            key, key_bytes = _partition_key(rec["partition-key"], f"records[{i}]")
+            data = _kinesis_data(rec["data"], f"records[{i}].data")
+            # one record over 1 MiB fails the whole call, as AWS' ValidationException does
+            total += _check_kinesis_record_size(data, key_bytes, f"records[{i}]")
             entries.append({"Data": data, "PartitionKey": key})
+        if total > KINESIS_MAX_REQUEST_BYTES:
+            raise ApiError(413, f"PutRecords too large: data + partition keys are {total} bytes, over Kinesis' "
+                           f"limit of {KINESIS_MAX_REQUEST_BYTES} bytes (5 MiB) per request", 41303)
         if not await run_in_threadpool(kinesis_backend.exists, stream):
             raise ApiError(404, f"Stream {stream!r} not found", 40402)
         answer = await run_in_threadpool(kinesis_backend.put_records, stream, entries)
@@ -527,6 +710,11 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
     async def method_not_allowed(request: Request, _exc):
         return ApiError(405, f"Method {request.method} not allowed on {request.url.path}", 40500).response()
 
+    async def unhandled(request: Request, exc: Exception):
+        # outside the guarded endpoints (health, openapi, routing); Starlette re-raises after this answer,
+        # so the server logs the traceback
+        return _internal_error()
+
     @asynccontextmanager
     async def lifespan(_app):
         await run_in_threadpool(kafka_backend.start)
@@ -543,7 +731,8 @@ def create_app(kafka, kinesis, api_key: str | None, max_body_bytes: int = DEFAUL
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed})
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed,
+                                                                      Exception: unhandled})
 
 
 def gateway_command(args) -> int:
