@@ -48,7 +48,7 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     import urllib.request
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "pinterest_platform.local_stack.moto_server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -338,11 +338,13 @@ class MotoServer(Component):
     port_envs = {"port": "PINTEREST_MOTO_PORT"}
 
     def command(self, record: dict) -> list[str]:
-        # this interpreter is the project's venv python, which has moto[server]
-        return [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(record["port"])]
+        # this interpreter is the project's venv python, which has moto[server]; requests are serialized
+        # because moto's backends are not safe under concurrent writes (see moto_server.py)
+        return [sys.executable, "-m", "pinterest_platform.local_stack.moto_server", "-H", LOOPBACK,
+                "-p", str(record["port"])]
 
     def marker(self, record: dict) -> str:
-        return "moto.server"
+        return "pinterest_platform.local_stack.moto_server"
 
     def endpoint(self, record: dict) -> str:
         return f"http://{LOOPBACK}:{record['port']}"
