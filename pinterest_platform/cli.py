@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")
     demo.add_argument("--events", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=0)
+
+    validate = sub.add_parser("validate", help="check the lake's tables against the data contract (exit 1 if not)")
+    validate.add_argument("--lake", default=None, help="lake root, a folder or s3:// URI (default PINTEREST_LAKE_ROOT)")
+    validate.add_argument("--streaming-prefix", default=None, help="also check the <prefix>_pin|geo|user_table tables")
+    validate.add_argument("--streaming-only", action="store_true",
+                          help="check only the streaming tables (a lake the batch never wrote)")
     return parser
 
 
@@ -208,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return _call("pinterest_platform.jobs.stream:stream_command", **vars(args))
     if args.command == "demo":
         return demo_command(args)
+    if args.command == "validate":
+        return _call("pinterest_platform.validate:validate_command", **vars(args))
     raise AssertionError(args)
 
 
