@@ -6,6 +6,7 @@
     gateway                   the local HTTP gateway (API Gateway + REST Proxy + Kinesis proxy stand-in)
     run batch                 sink, clean and compute analytics for everything that has arrived
     run stream                Kinesis -> Delta with Spark Structured Streaming
+    databricks deploy         upload the job wheel and entry point to a Unity Catalog volume or workspace files
     demo                      all of the above end to end on the local stack
 """
 
@@ -185,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_stream.add_argument("--interval", default="5 seconds", help="processing-time trigger interval")
     run_stream.add_argument("--timeout", type=float, default=None, help="stop continuous mode after N seconds")
 
+    databricks = sub.add_parser("databricks", help="the Databricks job artifact")
+    databricks_sub = databricks.add_subparsers(dest="databricks_action", required=True)
+    deploy = databricks_sub.add_parser("deploy", help="build the wheel and upload it with the Pipes entry point "
+                                                      "to a Unity Catalog volume or workspace files")
+    deploy.add_argument("--to", default=None, help="/Volumes/<catalog>/<schema>/<volume>/<folder> or /Workspace/... "
+                                                   "(default DATABRICKS_ARTIFACTS, else $DATABRICKS_VOLUME/artifacts)")
+    deploy.add_argument("--wheel", default=None, help="upload this wheel instead of building one from the checkout")
+    deploy.add_argument("--env-file", default=None, help="also write the printed settings to this file")
+
     demo = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")
     demo.add_argument("--events", type=int, default=2000)
     demo.add_argument("--seed", type=int, default=0)
@@ -212,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_batch_command(args)
     if args.command == "run" and args.pipeline == "stream":
         return _call("pinterest_platform.jobs.stream:stream_command", **vars(args))
+    if args.command == "databricks" and args.databricks_action == "deploy":
+        return _call("pinterest_platform.databricks_deploy:deploy_command", **vars(args))
     if args.command == "demo":
         return demo_command(args)
     if args.command == "validate":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,9 @@ def build_wheel(out_dir: Path, source: Path | None = None) -> Path:
         raise DeployError(f"no pyproject.toml in {source}: run deploy from a source checkout, or pass --wheel")
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                str(source), "-w", str(out_dir)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # a fixed timestamp makes the same source give the same bytes, so a re-deploy finds its folder again
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")})
     if result.returncode != 0:
         raise DeployError(f"building the wheel failed ({' '.join(command)}):\n{result.stderr.strip()}")
     wheels = sorted(out_dir.glob("pinterest_platform-*.whl"))
@@ -138,8 +141,6 @@ def deploy(client, root: str, artifact: Artifact, log=print) -> dict[str, str]:
 
 
 def deploy_command(args: argparse.Namespace) -> int:
-    import os
-
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.errors import DatabricksError
 

@@ -38,10 +38,10 @@ def local_resources(settings: Settings) -> dict:
                  else SqliteSourceDatabase(url=settings.source_db_url))
     return {
         "kafka": LocalKafkaResource(bootstrap_servers=settings.kafka_bootstrap_servers),
-        "kinesis": LocalKinesisResource(region=settings.aws_region, endpoint=settings.aws_endpoint_url),
+        "kinesis": kinesis_resource(settings),
         "lake": lake,
         "source_db": source_db,
-        "spark": LocalSparkResource(),
+        "spark": spark_resource(settings),
     }
 
 
@@ -70,16 +70,28 @@ def databricks_resource(settings: Settings) -> DatabricksSparkResource:
     )
 
 
+def spark_resource(settings: Settings) -> LocalSparkResource | DatabricksSparkResource:
+    """Where Spark jobs run: this process's Spark locally; under aws open-source Spark over the S3 lake (EMR,
+    Kubernetes, standalone) when PINTEREST_SPARK_MASTER names a master, else Databricks."""
+    if settings.env == "local" or settings.spark_master:
+        return LocalSparkResource()
+    return databricks_resource(settings)
+
+
+def kinesis_resource(settings: Settings) -> LocalKinesisResource | AwsKinesisResource:
+    if settings.env == "local":
+        return LocalKinesisResource(region=settings.aws_region, endpoint=settings.aws_endpoint_url)
+    return AwsKinesisResource(region=settings.aws_region)
+
+
 def aws_resources(settings: Settings) -> dict:
     lake = aws_lake(settings)
-    # open-source Spark over the S3 lake (EMR, Kubernetes, standalone) when a master is named, else Databricks
-    spark = LocalSparkResource() if settings.spark_master else databricks_resource(settings)
     return {
         "kafka": msk_resource(settings, bootstrap_servers=dg.EnvVar("KAFKA_BOOTSTRAP_SERVERS")),
-        "kinesis": AwsKinesisResource(region=settings.aws_region),
+        "kinesis": kinesis_resource(settings),
         "lake": lake,
         "source_db": MySqlSourceDatabase(url=dg.EnvVar("PINTEREST_SOURCE_DB_URL")),
-        "spark": spark,
+        "spark": spark_resource(settings),
     }
 
 

@@ -399,6 +399,44 @@ def stream(spark, params: dict) -> dict:
 
 # --- CLI --------------------------------------------------------------------------------------------
 
+def _remote_stream_command(settings, continuous: bool) -> int:
+    """`run stream` where Spark is Databricks: the availableNow asset, run through the Dagster instance."""
+    if continuous:
+        print("error: --continuous runs Spark in this process; on Databricks run `run stream --available-now` "
+              "on a schedule (or the streaming/available_now_run asset), or a continuous Databricks job of "
+              "your own", flush=True)
+        return 2
+    import dagster as dg
+
+    from pinterest_platform.assets.streaming import stream_available_now
+    from pinterest_platform.cli import _dagster_instance
+    from pinterest_platform.definitions import kinesis_resource, lake_resource, spark_resource
+
+    print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in contract.EVENT_KINDS)} "
+          "(available-now) on Databricks", flush=True)
+    result = dg.materialize([stream_available_now], instance=_dagster_instance(), raise_on_error=False,
+                            resources={"spark": spark_resource(settings), "lake": lake_resource(settings),
+                                       "kinesis": kinesis_resource(settings)})
+    if not result.success:
+        for event in result.get_step_failure_events():
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            print(f"error: {error.message.strip() if error else event.message}", flush=True)
+        return 1
+    [materialization] = result.asset_materializations_for_node(stream_available_now.node_def.name)
+    streams = materialization.metadata["streams"].value
+    for entry in streams.values():
+        if "skipped" in entry:
+            print(f"  {entry['table']}: skipped ({entry['skipped']})", flush=True)
+            continue
+        print(f"  {entry['table']}: {entry.get('rows_in_table')} rows (version {entry.get('table_version')}); "
+              f"this run: {entry['batches']} batches, {entry['records']} records, "
+              f"{entry['quarantined']} quarantined", flush=True)
+    print(f"done: run {result.run_id} in the Dagster instance", flush=True)
+    return 0
+
+
 def stream_command(args) -> int:
     """`pinterest-platform run stream --available-now | --continuous [--interval 5s] [--timeout S]`."""
     from pinterest_platform.settings import load_settings
@@ -412,7 +450,7 @@ def stream_command(args) -> int:
             print("error: no Kinesis endpoint: run `pinterest-platform stack up` or set AWS_ENDPOINT_URL",
                   flush=True)
             return 2
-    from pinterest_platform.definitions import lake_resource
+    from pinterest_platform.definitions import lake_resource, spark_resource
     from pinterest_platform.resources.lake import LakeAccessError
     from pinterest_platform.resources.spark import LocalSparkResource
 
@@ -421,6 +459,9 @@ def stream_command(args) -> int:
     except LakeAccessError as exc:
         print(f"error: {exc}", flush=True)
         return 1
+    spark = spark_resource(settings)
+    if not isinstance(spark, LocalSparkResource):
+        return _remote_stream_command(settings, continuous)
     lake_root = settings.lake_root.rstrip("/")
     params = {
         "prefix": settings.topic_prefix,
