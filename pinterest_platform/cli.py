@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        import dagster  # noqa: F401 - the orchestrator extra; a cluster install of the wheel has only Pipes
+    except ModuleNotFoundError:
+        print("error: the command line needs the orchestrator: pip install 'pinterest_platform[orchestrator]' "
+              "(or [local] for the laptop stack)", file=sys.stderr)
+        return 2
     if args.command == "stack":
         return _call("pinterest_platform.local_stack:stack_command", action=args.action,
                      spark_cluster=args.spark_cluster)
