@@ -31,6 +31,7 @@ ANALYTICS_GROUP = "analytics"
 SINK_CONSUMER_GROUP = f"{PREFIX}-raw-sink"
 RAW_MANIFEST = f"{MANIFEST_DIR}/raw_files"
 ANALYTICS_INPUTS = f"{MANIFEST_DIR}/analytics_inputs.json"
+RAW_LINE_COUNTS = f"{MANIFEST_DIR}/raw_line_counts.json"
 
 
 def raw_key(kind: str) -> dg.AssetKey:
@@ -51,12 +52,29 @@ KAFKA_KEYS = {kind: dg.AssetKey(["kafka", kind]) for kind in contract.EVENT_KIND
 # --- raw sink -------------------------------------------------------------------------------------------
 
 
-def _previous_row_count(context: dg.AssetExecutionContext, key: dg.AssetKey) -> int:
-    event = context.instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        return 0
-    value = event.asset_materialization.metadata.get("dagster/row_count")
-    return int(value.value) if value is not None else 0
+def raw_line_counts(lake: LakeResource, topics: list[str]) -> dict[str, int]:
+    """Records (lines) in every raw file of each topic, whoever wrote the file. Each file is read once: its
+    count is kept in the lake by (path, size), so a run reads only files that are new or have grown."""
+    from pinterest_platform.ingestion.raw_sink import read_raw_files
+
+    try:
+        cache = {tuple(k.split("\t", 1)): v for k, v in json.loads(lake.read_bytes(RAW_LINE_COUNTS)).items()}
+    except Exception:  # noqa: BLE001 - first run, or the cache was removed: count again
+        cache = {}
+    fresh: dict[tuple[str, str], int] = {}
+    totals = {}
+    for topic in topics:
+        total = 0
+        for f in read_raw_files(lake, topic):
+            key = (f.path, str(f.size))
+            if key not in cache:
+                data = lake.read_bytes(f.path)
+                cache[key] = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+            fresh[key] = cache[key]
+            total += cache[key]
+        totals[topic] = total
+    lake.write_bytes(RAW_LINE_COUNTS, json.dumps({"\t".join(k): v for k, v in fresh.items()}).encode())
+    return totals
 
 
 @dg.multi_asset(
@@ -79,10 +97,11 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
     started = time.monotonic()
     report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
                          log=context.log.info)
+    lines = raw_line_counts(lake, list(topics.values()))
     for kind, topic in topics.items():
         sunk = report.get(topic, {})
         records = int(sunk.get("records", 0))
-        total = _previous_row_count(context, raw_key(kind)) + records
+        total = lines[topic]
         yield dg.MaterializeResult(
             asset_key=raw_key(kind),
             metadata={
@@ -91,6 +110,7 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
                 "dagster/uri": dg.MetadataValue.path(lake.uri(f"{contract.TOPICS_DIR}/{topic}")),
                 "records_this_run": records,
                 "files_this_run": int(sunk.get("files", 0)),
+                "end_offsets": dg.MetadataValue.json({str(p): o for p, o in sunk.get("end_offsets", {}).items()}),
                 "seconds": round(time.monotonic() - started, 2),
             },
         )

@@ -1,10 +1,14 @@
 """The raw sink: Kafka topics -> raw topic files on the lake, as MSK Connect's Confluent S3 sink did.
 
-`sink_topics` drains a consumer group to the end of every assigned partition and writes newline-delimited
-JSON files in the Confluent layout, `topics/<topic>/partition=<p>/<topic>+<p>+<first offset:010d>.json`
-(contract.raw_file_name). A file is written first and the partition's offset committed after it, so a crash
-in between makes the next run rewrite the same file name from the same offset: nothing lost, nothing
-duplicated. `read_raw_files` lists a topic's files, ours or a real Confluent sink's.
+`sink_topics` reads every partition of the topics from the sink group's committed offset up to the end
+offset it had when the run started (partitions assigned by hand: no group rebalance to wait for after a
+crash), and writes newline-delimited JSON files in the Confluent layout,
+`topics/<topic>/partition=<p>/<topic>+<p>+<first offset:010d>.json` (contract.raw_file_name). A file is
+written first and the partition's offset committed after it, so a crash in between makes the next run
+rewrite the same file name from the same offset: nothing lost, nothing duplicated. A file at that name that
+this sink did not write (another writer's) is never replaced: the run fails instead. A run that cannot read
+up to the end offsets fails too, naming the partitions and their lag. `read_raw_files` lists a topic's
+files, ours or a real Confluent sink's.
 
 Framing (one record per line, never dropped, readers split on "\\n" only):
   - a value without CR/LF is written verbatim, whether or not it is valid JSON or valid UTF-8;
@@ -102,6 +106,41 @@ class _Log:
             self.target(message)
 
 
+class SinkIncompleteError(RuntimeError):
+    """The sink could not read up to the end offsets it started with; names the partitions and their lag."""
+
+
+class RawFileCollisionError(RuntimeError):
+    """A raw file at the sink's path holds records this sink did not write for those offsets."""
+
+
+def _write_unless_foreign(lake: LakeResource, path: str, data: bytes, first: int, last: int) -> str:
+    """Write `data` at `path` unless another writer's file is there. Returns "written", "same" or "extended".
+
+    The same bytes, or a file whose lines are the first lines of `data` (this sink's own file of an earlier
+    run that died before committing, which read fewer records), are this sink's; anything else is someone
+    else's (a Confluent sink of another cluster, a user's file) and is never replaced."""
+    try:
+        existing = lake.read_bytes(path)
+    except Exception:  # noqa: BLE001 - missing (FileNotFoundError locally, NoSuchKey on S3): write it
+        existing = None
+    if existing is None:
+        lake.write_bytes(path, data)
+        return "written"
+    if existing == data:
+        return "same"
+    if existing.endswith(b"\n") and data.startswith(existing):
+        lake.write_bytes(path, data)
+        return "extended"
+    theirs = existing.count(b"\n") + (0 if existing.endswith(b"\n") else 1)
+    ours = data.count(b"\n")
+    raise RawFileCollisionError(
+        f"raw sink: {lake.uri(path)} already exists with {theirs} records that are not this sink's records for "
+        f"offsets {first}..{last} ({ours} records it would write as {path}); another writer's file "
+        "is never replaced: move it out of topics/ (or sink to another lake) and run again. Nothing was "
+        "committed, so no record is lost")
+
+
 def sink_topics(
     kafka: KafkaResource,
     lake: LakeResource,
@@ -116,16 +155,21 @@ def sink_topics(
     on_file_written: Callable[[str, int], None] | None = None,
     poll_timeout_s: float = 0.25,
 ) -> dict[str, dict[str, Any]]:
-    """Drain `topics` for consumer group `group_id` into raw files; commit each partition after its file.
+    """Drain `topics` up to the end offsets they had when the sink started, into raw files; commit each
+    partition's offset to group `group_id` after its file.
 
-    Stops when every assigned partition has reached its end, or when nothing (no message, no end of
-    partition) arrived for `idle_timeout_s` (e.g. the group's partitions are held by another member).
-    Topics that do not exist are created when `create_missing_topics`, else reported (`exists: False`)
-    and skipped. `log` receives progress lines; `on_file_written(path, records)` runs after a file is
-    written and before its offsets are committed (an exception there leaves the file uncommitted, which
-    the next run rewrites under the same name).
+    Partitions are assigned to this consumer by hand (no group membership), each starting at the group's
+    committed offset (else the earliest), so a crashed earlier run that still holds a group session cannot
+    make this run read nothing. The run reads every partition up to its end offset at start; when it cannot
+    (nothing arrives for `idle_timeout_s` while some partition lags), it raises SinkIncompleteError naming
+    the partitions and their lag. A file is never written over another writer's file (RawFileCollisionError).
+    Topics that do not exist are created when `create_missing_topics`, else reported (`exists: False`) and
+    skipped. `log` receives progress lines; `on_file_written(path, records)` runs after a file is written and
+    before its offsets are committed (an exception there leaves the file uncommitted; the next run rewrites
+    it under the same name).
 
-    Returns, per topic: records, files, paths (written this run), exists, and next_offsets per partition.
+    Returns, per topic: records, files, paths (written this run), exists, next_offsets and end_offsets per
+    partition.
     """
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -133,86 +177,95 @@ def sink_topics(
         raise ValueError("max_records_per_file and max_bytes_per_file must be positive")
     out = _Log(log)
     result: dict[str, dict[str, Any]] = {
-        t: {"records": 0, "files": 0, "paths": [], "exists": True, "next_offsets": {}} for t in topics}
+        t: {"records": 0, "files": 0, "paths": [], "exists": True, "next_offsets": {}, "end_offsets": {}}
+        for t in topics}
 
-    existing = set(kafka.admin().list_topics(timeout=30).topics)
-    missing = [t for t in topics if t not in existing]
+    metadata = kafka.admin().list_topics(timeout=30).topics
+    missing = [t for t in topics if t not in metadata]
     if missing and create_missing_topics:
         kafka.ensure_topics(missing)
         out.info(f"raw sink: created missing topics {missing}")
-        missing = []
+        metadata = kafka.admin().list_topics(timeout=30).topics
+        missing = [t for t in topics if t not in metadata]
     for topic in missing:
         result[topic]["exists"] = False
         out.warning(f"raw sink: topic {topic} does not exist yet; nothing to sink from it")
-    subscribed = [t for t in topics if t not in missing]
-    if not subscribed:
+    present = [t for t in topics if t not in missing]
+    if not present:
         return result
 
-    buffers: dict[tuple[str, int], _Buffer] = {}
-    assigned: set[tuple[str, int]] = set()
-    at_end: set[tuple[str, int]] = set()
     consumer = kafka.consumer(group_id, **{"enable.partition.eof": True, "enable.auto.commit": False,
                                            "enable.auto.offset.store": False})
-
-    def flush(key: tuple[str, int]) -> None:
-        buf = buffers.get(key)
-        if buf is None or not buf.lines:
-            return
-        topic, partition = key
-        path = raw_file_name(topic, partition, buf.first_offset)
-        lake.write_bytes(path, b"\n".join(buf.lines) + b"\n")
-        if on_file_written is not None:
-            on_file_written(path, len(buf.lines))
-        committed = consumer.commit(offsets=[TopicPartition(topic, partition, buf.last_offset + 1)],
-                                    asynchronous=False)
-        for tp in committed or []:
-            if tp.error is not None:
-                # the file stays; whoever owns the partition next rewrites it from the committed offset
-                raise RuntimeError(f"raw sink: wrote {path} but could not commit {topic}[{partition}] "
-                                   f"offset {buf.last_offset + 1}: {tp.error}")
-        stats = result[topic]
-        stats["records"] += len(buf.lines)
-        stats["files"] += 1
-        stats["paths"].append(path)
-        stats["next_offsets"][partition] = buf.last_offset + 1
-        out.info(f"raw sink: wrote {path} ({len(buf.lines)} records, offsets "
-                 f"{buf.first_offset}..{buf.last_offset}, {buf.size} bytes) and committed")
-        buf.clear()
-
-    def on_assign(_consumer, partitions) -> None:
-        for tp in partitions:
-            assigned.add((tp.topic, tp.partition))
-        out.info(f"raw sink: assigned {sorted(f'{t}[{p}]' for t, p in assigned)}")
-
-    aborted = False
-
-    def on_revoke(_consumer, partitions) -> None:
-        # commit what we hold while we still own it; the new owner continues from there. After a failure
-        # (close() revokes too) buffers are dropped instead: the failed file must stay uncommitted.
+    buffers: dict[tuple[str, int], _Buffer] = {}
+    started = time.monotonic()
+    try:
+        partitions = [TopicPartition(t, p) for t in present for p in sorted(metadata[t].partitions)]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        start: dict[tuple[str, int], int] = {}
+        end: dict[tuple[str, int], int] = {}
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            if not aborted:
-                flush(key)
-            assigned.discard(key)
-            at_end.discard(key)
-            buffers.pop(key, None)
+            low, high = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+            offset = committed.get(key, -1)
+            if offset < 0:
+                offset = low
+            elif offset < low:
+                out.warning(f"raw sink: {tp.topic}[{tp.partition}] committed offset {offset} is below the earliest "
+                            f"retained offset {low}: records {offset}..{low - 1} expired before they were sunk")
+                offset = low
+            start[key], end[key] = offset, high
+            result[tp.topic]["end_offsets"][tp.partition] = high
+            result[tp.topic]["next_offsets"][tp.partition] = offset
+        to_read = sum(max(end[k] - start[k], 0) for k in start)
+        out.info(f"raw sink: {to_read:,} records to read up to the end offsets of "
+                 f"{', '.join(f'{t}[{p}]={end[(t, p)]}' for t, p in sorted(end))}")
+        position = dict(start)
+        pending = {k for k in start if position[k] < end[k]}
+        if pending:
+            consumer.assign([TopicPartition(t, p, start[(t, p)]) for t, p in sorted(pending)])
 
-    started = time.monotonic()
-    last_activity = started
-    try:
-        consumer.subscribe(subscribed, on_assign=on_assign, on_revoke=on_revoke)
-        while True:
+        def flush(key: tuple[str, int]) -> None:
+            buf = buffers.get(key)
+            if buf is None or not buf.lines:
+                return
+            topic, partition = key
+            path = raw_file_name(topic, partition, buf.first_offset)
+            outcome = _write_unless_foreign(lake, path, b"\n".join(buf.lines) + b"\n", buf.first_offset,
+                                            buf.last_offset)
+            if on_file_written is not None:
+                on_file_written(path, len(buf.lines))
+            for tp in consumer.commit(offsets=[TopicPartition(topic, partition, buf.last_offset + 1)],
+                                      asynchronous=False) or []:
+                if tp.error is not None:
+                    # the file stays; the next run rewrites it from the committed offset
+                    raise RuntimeError(f"raw sink: wrote {path} but could not commit {topic}[{partition}] "
+                                       f"offset {buf.last_offset + 1}: {tp.error}")
+            stats = result[topic]
+            stats["records"] += len(buf.lines)
+            stats["files"] += 1
+            stats["paths"].append(path)
+            stats["next_offsets"][partition] = buf.last_offset + 1
+            note = {"written": "", "same": " (already there from a run that died before committing)",
+                    "extended": " (extending this sink's own uncommitted file of an earlier run)"}[outcome]
+            done = sum(r["records"] for r in result.values())
+            out.info(f"raw sink: wrote {path} ({len(buf.lines)} records, offsets {buf.first_offset}.."
+                     f"{buf.last_offset}){note}; {done:,}/{to_read:,} records")
+            buf.clear()
+
+        last_activity = time.monotonic()
+        while pending:
             messages = consumer.consume(num_messages=1000, timeout=poll_timeout_s)
             now = time.monotonic()
-            if messages:
-                last_activity = now
             for msg in messages:
                 key = (msg.topic(), msg.partition())
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        flush(key)
-                        at_end.add(key)
+                        last_activity = now
+                        position[key] = max(position.get(key, 0), msg.offset())
+                        if position[key] >= end[key]:
+                            flush(key)
+                            pending.discard(key)
                         continue
                     if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                         raise RuntimeError(f"raw sink: topic {msg.topic()} disappeared while sinking: {error}")
@@ -220,7 +273,9 @@ def sink_topics(
                         raise KafkaException(error)
                     out.warning(f"raw sink: transient consumer error (retrying): {error}")
                     continue
-                at_end.discard(key)
+                if key not in pending or msg.offset() >= end[key]:
+                    continue  # arrived after the run started: the next run takes it
+                last_activity = now
                 buf = buffers.get(key)
                 if buf is None:
                     buf = buffers[key] = _Buffer(*key)
@@ -229,28 +284,28 @@ def sink_topics(
                                   or buf.size + len(line) + 1 > max_bytes_per_file):
                     flush(key)
                 buf.add(msg.offset(), line)
+                position[key] = msg.offset() + 1
                 if len(buf.lines) >= max_records_per_file:
                     flush(key)
-            if assigned and assigned <= at_end:
-                break
-            if now - last_activity > idle_timeout_s:
-                waiting = sorted(f"{t}[{p}]" for t, p in assigned - at_end)
-                out.warning(f"raw sink: nothing arrived for {idle_timeout_s:.0f} s; stopping "
-                            + (f"before the end of {waiting}" if waiting else "(no partitions assigned to "
-                               f"group {group_id}: another member may hold them)"))
-                break
+                if position[key] >= end[key]:
+                    flush(key)
+                    pending.discard(key)
+            if pending and now - last_activity > idle_timeout_s:
+                for key in list(buffers):
+                    flush(key)  # what was read is kept: the next run continues after it
+                lag = ", ".join(f"{t}[{p}] at {position[(t, p)]} of {end[(t, p)]} (lag {end[(t, p)] - position[(t, p)]})"
+                                for t, p in sorted(pending))
+                raise SinkIncompleteError(f"raw sink: could not read up to the end offsets it started with: "
+                                          f"nothing arrived for {idle_timeout_s:.0f} s; {lag}")
         for key in list(buffers):
             flush(key)
-    except BaseException:
-        aborted = True
-        raise
     finally:
         consumer.close()
 
     total = sum(r["records"] for r in result.values())
     files = sum(r["files"] for r in result.values())
-    out.info(f"raw sink: group {group_id} sank {total} records into {files} files in "
-             f"{time.monotonic() - started:.1f} s")
+    out.info(f"raw sink: group {group_id} sank {total:,} records into {files} files in "
+             f"{time.monotonic() - started:.1f} s, up to the end offsets")
     return result
 
 

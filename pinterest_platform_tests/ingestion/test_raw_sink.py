@@ -4,6 +4,11 @@ re-runs and crashes, bad values kept verbatim, and reading files a real Confluen
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 
@@ -12,6 +17,7 @@ from confluent_kafka import TopicPartition
 
 from pinterest_platform.contract import raw_file_name
 from pinterest_platform.ingestion.raw_sink import (
+    RawFileCollisionError,
     escape_line_breaks,
     frame_value,
     parse_raw_file_name,
@@ -188,7 +194,8 @@ def test_empty_and_missing_topics(kafka, lake):
     kafka.ensure_topics([empty], partitions=2)
     messages = []
     result = sink_topics(kafka, lake, [empty, missing], group, idle_timeout_s=20, log=messages.append)
-    assert result[empty] == {"records": 0, "files": 0, "paths": [], "exists": True, "next_offsets": {}}
+    assert result[empty] == {"records": 0, "files": 0, "paths": [], "exists": True,
+                             "next_offsets": {0: 0, 1: 0}, "end_offsets": {0: 0, 1: 0}}
     assert result[missing]["exists"] is False and result[missing]["records"] == 0
     assert any(missing in m and "does not exist" in m for m in messages)
     assert missing not in kafka.admin().list_topics(timeout=10).topics  # reading never creates topics
@@ -238,3 +245,98 @@ def test_read_raw_files_accepts_a_real_confluent_sink_layout(lake):
     ]
     name = parse_raw_file_name(files[1].path, topic)
     assert (name.topic, name.partition, name.offset) == (topic, 1, 42)
+
+
+# --- crashes, other writers -----------------------------------------------------------------------------
+
+_DYING_SINK = """
+import sys, time
+from pathlib import Path
+from pinterest_platform.ingestion.raw_sink import sink_topics
+from pinterest_platform.resources.kafka import LocalKafkaResource
+from pinterest_platform.resources.lake import LocalLakeResource
+bootstrap, root, topic, group, marker = sys.argv[1:]
+def stall(path, records):
+    Path(marker).write_text(path)
+    time.sleep(600)  # killed here: file written, offset not committed
+sink_topics(LocalKafkaResource(bootstrap_servers=bootstrap), LocalLakeResource(root=root), [topic], group,
+            max_records_per_file=1000, on_file_written=stall)
+"""
+
+
+def test_a_sink_killed_mid_file_leaves_the_next_run_everything(kafka, lake, tmp_path):
+    """kill -9 of the sink while it writes; the next run reads up to the end at once (no group session of
+    the dead run to wait for) and writes every record exactly once."""
+    topic, group = _unique("sink-kill"), _unique("g")
+    total = _produce_rows(kafka, topic)
+    marker = tmp_path / "written"
+    dying = subprocess.Popen([sys.executable, "-c", _DYING_SINK, kafka.resolved_bootstrap_servers(),
+                              lake.root, topic, group, str(marker)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert dying.poll() is None, "the sink died before writing a file"
+            assert time.monotonic() < deadline, "the sink never wrote a file"
+            time.sleep(0.1)
+    finally:
+        os.killpg(dying.pid, signal.SIGKILL)
+        dying.wait(30)
+    started = time.monotonic()
+    result = sink_topics(kafka, lake, [topic], group, max_records_per_file=1000, idle_timeout_s=20)
+    assert time.monotonic() - started < 20  # it did not sit out an idle timeout or a session timeout
+    assert result[topic]["records"] == total
+    assert result[topic]["next_offsets"] == result[topic]["end_offsets"] == {p: n for p, n in SPLIT.items()}
+    lines = _read_lines(lake, topic)
+    assert Counter(json.loads(line)["index"] for line in lines) == Counter(range(total))
+
+
+def test_another_writers_file_is_never_replaced(kafka, lake):
+    topic, group = _unique("sink-foreign"), _unique("g")
+    _produce_rows(kafka, topic, {0: 72})
+    foreign = raw_file_name(topic, 0, 0)
+    theirs = b"".join(json.dumps({"index": 10_000 + i, "from": "msk-connect"}).encode() + b"\n"
+                      for i in range(150))
+    lake.write_bytes(foreign, theirs)
+    with pytest.raises(RawFileCollisionError) as failure:
+        sink_topics(kafka, lake, [topic], group)
+    message = str(failure.value)
+    assert lake.uri(foreign) in message and "150 records" in message and "offsets 0..71" in message
+    assert lake.read_bytes(foreign) == theirs  # untouched
+    assert _committed(kafka, group, topic, 1) == {0: -1001}  # nothing committed: the records wait in Kafka
+
+    lake.write_bytes(foreign + ".moved", theirs)
+    os.remove(lake.uri(foreign))
+    assert sink_topics(kafka, lake, [topic], group)[topic]["records"] == 72
+
+
+def test_own_uncommitted_file_of_a_shorter_run_is_extended(kafka, lake):
+    topic, group = _unique("sink-extend"), _unique("g")
+    _produce_rows(kafka, topic, {0: 30})
+    path = raw_file_name(topic, 0, 0)
+    consumer = kafka.consumer(_unique("peek"))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    first_ten = [m.value() for m in consumer.consume(num_messages=10, timeout=10)]
+    consumer.close()
+    lake.write_bytes(path, b"\n".join(first_ten) + b"\n")  # what a run that died before committing left
+    messages = []
+    result = sink_topics(kafka, lake, [topic], group, log=messages.append)
+    assert result[topic]["records"] == 30
+    assert len(_read_lines(lake, topic)) == 30
+    assert any("extending this sink's own uncommitted file" in m for m in messages)
+
+
+def test_records_that_arrive_during_the_run_wait_for_the_next(kafka, lake):
+    topic, group = _unique("sink-moving"), _unique("g")
+    _produce_rows(kafka, topic, {0: 50})
+    producer = kafka.producer()
+
+    def produce_more(path: str, records: int) -> None:
+        for i in range(20):
+            producer.produce(topic, value=json.dumps({"index": 1000 + i}).encode(), partition=0)
+        producer.flush(30)
+
+    first = sink_topics(kafka, lake, [topic], group, max_records_per_file=25, on_file_written=produce_more)
+    assert first[topic]["records"] == 50 and first[topic]["end_offsets"] == {0: 50}
+    second = sink_topics(kafka, lake, [topic], group)
+    assert second[topic]["records"] == 40  # both files' worth of later records, once
+    assert len(_read_lines(lake, topic)) == 90
