@@ -100,5 +100,28 @@ def test_checks_read_delta_tables(lake, tmp_path):
     assert not age.passed
     columns = _check("columns_match_contract", "user")(lake=lake)
     assert columns.passed
+    # a table nothing was ever cleaned into breaks no rule (a run with nothing posted is not a failure)
     missing = _check("unique_non_null_ind", "pin")(lake=lake)
-    assert not missing.passed and "no Delta table" in missing.metadata["error"].value
+    assert missing.passed and "no Delta table yet" in missing.metadata["note"].value
+
+
+@pytest.mark.parametrize("duplicated", [False, True])
+def test_a_blocking_check_stops_downstream_and_fails_the_run(lake, duplicated):
+    write_deltalake(lake.table_uri("pin"), pa.table({"ind": pa.array([1, 2, 2 if duplicated else 3], pa.int32())}))
+    downstream_ran = []
+
+    @dg.asset(key=["cleaned", "pin"])
+    def pin_table():
+        return dg.MaterializeResult()
+
+    @dg.asset(deps=[pin_table])
+    def analytics_like():
+        downstream_ran.append(1)
+
+    unique = _check("unique_non_null_ind", "pin")
+    age = _check("age_plausible", "user")
+    assert unique.check_specs and next(iter(unique.check_specs)).blocking
+    assert not next(iter(age.check_specs)).blocking
+    result = dg.materialize([pin_table, analytics_like, unique], resources={"lake": lake}, raise_on_error=False)
+    assert result.success is not duplicated
+    assert bool(downstream_ran) is not duplicated
