@@ -44,6 +44,7 @@ class Settings:
     databricks_compute: str  # job_cluster | existing_cluster | serverless
     databricks_overrides: dict  # DatabricksSparkResource fields set by the environment (runtime, nodes, ...)
     spark_master: str | None  # None: the stack's Spark cluster when it runs, else in-process local[2]
+    raw_flush_size: int  # records per raw topic file at most (Confluent's flush.size)
 
     @property
     def lake_is_s3(self) -> bool:
@@ -118,4 +119,5 @@ def load_settings() -> Settings:
         databricks_overrides={field: cast(value) for field, (name, cast) in _DATABRICKS_FIELDS.items()
                               if (value := _env(name)) is not None},
         spark_master=_env("PINTEREST_SPARK_MASTER"),
+        raw_flush_size=int(_env("PINTEREST_RAW_FLUSH_SIZE", "10000")),
     )

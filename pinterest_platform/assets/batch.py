@@ -96,7 +96,7 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
     lake.check_access(write=True)  # a missing bucket or permission fails here, before a record is consumed
     started = time.monotonic()
     report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
-                         log=context.log.info)
+                         max_records_per_file=load_settings().raw_flush_size, log=context.log.info)
     lines = raw_line_counts(lake, list(topics.values()))
     for kind, topic in topics.items():
         sunk = report.get(topic, {})
