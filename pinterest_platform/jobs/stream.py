@@ -399,6 +399,16 @@ def stream(spark, params: dict) -> dict:
 
 # --- CLI --------------------------------------------------------------------------------------------
 
+def _print_streams(streams: dict) -> None:
+    for entry in streams.values():
+        if "skipped" in entry:
+            print(f"  {entry['table']}: skipped ({entry['skipped']})", flush=True)
+            continue
+        print(f"  {entry['table']}: {entry.get('rows_in_table')} rows (version {entry.get('table_version')}); "
+              f"this run: {entry['batches']} batches, {entry['records']} records, "
+              f"{entry['quarantined']} quarantined", flush=True)
+
+
 def _remote_stream_command(settings, continuous: bool) -> int:
     """`run stream` where Spark is Databricks: the availableNow asset, run through the Dagster instance."""
     if continuous:
@@ -425,14 +435,7 @@ def _remote_stream_command(settings, continuous: bool) -> int:
             print(f"error: {error.message.strip() if error else event.message}", flush=True)
         return 1
     [materialization] = result.asset_materializations_for_node(stream_available_now.node_def.name)
-    streams = materialization.metadata["streams"].value
-    for entry in streams.values():
-        if "skipped" in entry:
-            print(f"  {entry['table']}: skipped ({entry['skipped']})", flush=True)
-            continue
-        print(f"  {entry['table']}: {entry.get('rows_in_table')} rows (version {entry.get('table_version')}); "
-              f"this run: {entry['batches']} batches, {entry['records']} records, "
-              f"{entry['quarantined']} quarantined", flush=True)
+    _print_streams(materialization.metadata["streams"].value)
     print(f"done: run {result.run_id} in the Dagster instance", flush=True)
     return 0
 
@@ -490,12 +493,6 @@ def stream_command(args) -> int:
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         return 130
-    for entry in result["streams"].values():
-        if "skipped" in entry:
-            print(f"  {entry['table']}: skipped ({entry['skipped']})", flush=True)
-            continue
-        print(f"  {entry['table']}: {entry['rows_in_table']} rows (version {entry['table_version']}); "
-              f"this run: {entry['batches']} batches, {entry['records']} records, "
-              f"{entry['quarantined']} quarantined", flush=True)
+    _print_streams(result["streams"])
     print(f"done in {result['seconds']}s ({result['stopped_by']})", flush=True)
     return 0

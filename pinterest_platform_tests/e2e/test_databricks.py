@@ -19,7 +19,6 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pytest
-from deltalake import DeltaTable
 
 from pinterest_platform import contract
 from pinterest_platform.assets import batch, checks, streaming
@@ -30,9 +29,7 @@ from pinterest_platform.resources.kafka import LocalKafkaResource
 from pinterest_platform.resources.kinesis import LocalKinesisResource
 from pinterest_platform.resources.lake import LocalS3LakeResource
 from pinterest_platform.resources.spark import DatabricksSparkResource, delta_jars, s3_jars
-from pinterest_platform_tests import reference
-from pinterest_platform_tests.compare import normalize
-from pinterest_platform_tests.e2e.test_batch_pipeline import sort_key, source_rows
+from pinterest_platform_tests.e2e.test_s3_lake import delta_rows, expected_tables
 from pinterest_platform_tests.fakes.databricks import FakeDatabricksWorkspace, FakeRuntime
 
 EVENTS = 200
@@ -135,24 +132,6 @@ def batch_run(workspace, deployed, posted):
     return {"result": result, "instance": instance}
 
 
-def delta_rows(lake: LocalS3LakeResource, name: str) -> list[dict]:
-    uri = lake.table_uri(name)
-    assert DeltaTable.is_deltatable(uri, storage_options=lake.storage_options()), f"no Delta table at {uri}"
-    rows = DeltaTable(uri, storage_options=lake.storage_options()).to_pyarrow_table().to_pylist()
-    return sorted(({k: normalize(v) for k, v in r.items()} for r in rows), key=sort_key)
-
-
-def expected(db_url: str) -> tuple[dict, dict]:
-    source = source_rows(db_url)
-    cleaned = {kind: reference.clean_source_rows(kind, source[kind])[0] for kind in contract.EVENT_KINDS}
-    analytics = reference.analytics(cleaned["pin"], cleaned["geo"], cleaned["user"])
-
-    def norm(rows):
-        return sorted(({k: normalize(v) for k, v in r.items()} for r in rows), key=sort_key)
-
-    return {k: norm(v) for k, v in cleaned.items()}, {k: norm(v) for k, v in analytics.items()}
-
-
 def test_deploy_uploads_the_wheel_and_entry_point_to_the_volume_and_never_overwrites(workspace, deployed):
     wheel, entry = deployed["settings"]["DATABRICKS_WHEEL"], deployed["settings"]["DATABRICKS_ENTRYPOINT"]
     assert wheel.startswith(f"{VOLUME}/artifacts/pinterest_platform-0.1.0-") and wheel.endswith("-py3-none-any.whl")
@@ -197,7 +176,7 @@ def test_the_wheel_requires_only_what_a_cluster_needs(workspace, deployed):
 def test_batch_on_databricks_matches_the_reference(batch_run, posted):
     result = batch_run["result"]
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    cleaned, analytics = expected(posted["db"])
+    cleaned, analytics = expected_tables(posted["db"])
     for kind in contract.EVENT_KINDS:
         assert delta_rows(posted["lake"], kind) == cleaned[kind], kind
     for name in contract.ANALYTICS_TABLES:
@@ -256,7 +235,7 @@ def test_run_stream_under_aws_drains_kinesis_on_databricks(workspace, deployed, 
                          timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "on Databricks" in run.stdout
-    cleaned, _ = expected(posted["db"])
+    cleaned, _ = expected_tables(posted["db"])
     lake = LocalS3LakeResource(bucket=posted["bucket"], prefix="streamed", endpoint=stack["aws_endpoint_url"])
     for kind in contract.EVENT_KINDS:
         assert delta_rows(lake, contract.streaming_table_name(streaming.PREFIX, kind)) == cleaned[kind], kind
