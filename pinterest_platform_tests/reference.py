@@ -6,7 +6,9 @@ applies the rules listed in pinterest_platform/transforms/cleaning.py's docstrin
 
 - `clean_source_rows(kind, rows)`: source-table rows (dicts keyed by source column names, datetimes as
   ISO strings or datetime objects), serialized the way the posting emulator sends them, then cleaned.
-- `clean_wire_values(kind, texts)`: the same from the JSON texts as received (malformed ones included).
+- `clean_wire_values(kind, texts)`: the same from the JSON texts as received (malformed ones included);
+  a value given as bytes is decoded as strict UTF-8 first, and quarantined with its bytes in hex if it
+  is not UTF-8.
 - `analytics(pin, geo, user)`: the nine outputs from cleaned rows, each a list of dicts sorted by its key.
 
 Cleaned rows are dicts in contract column order with Python values (timestamps as naive UTC datetimes,
@@ -31,6 +33,10 @@ WHITESPACE = " \t\n\r\x0b\x0c"
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 COUNT_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000}
+# the bounds of possible values, included (docs/data-contract.md, cleaned tables)
+LATITUDE = (-90, 90)
+LONGITUDE = (-180, 180)
+AGE = (0, 150)
 
 INTEGER = re.compile(r"[+-]?[0-9]+")
 COUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kKmM]?)")
@@ -133,6 +139,16 @@ def _save_location(value: str | None) -> str | None:
     return value or None
 
 
+def _decoded(value: str | bytes | None) -> tuple[str | None, str | None]:
+    """(text, None) for a string, null or UTF-8 bytes; (None, the bytes in lowercase hex) otherwise."""
+    if not isinstance(value, bytes):
+        return value, None
+    try:
+        return value.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, value.hex()
+
+
 def _clean_record(kind: str, text: str | None) -> tuple[dict | None, str | None]:
     """(cleaned row, None) or (None, reason)."""
     try:
@@ -145,12 +161,14 @@ def _clean_record(kind: str, text: str | None) -> tuple[dict | None, str | None]
     field = {c: _text(_as_received(record.get(c))) for c in contract.SOURCE_COLUMNS[table]}
     problems = []
 
-    def typed(name: str, parse, what: str):
+    def typed(name: str, parse, what: str, bounds: tuple[int, int] | None = None):
         if field[name] is None:
             return None
         value = parse(field[name])
         if value is None:
             problems.append(f"{name} '{field[name]}' is not {what}")
+        elif bounds is not None and not bounds[0] <= value <= bounds[1]:
+            problems.append(f"{name} '{field[name]}' is outside [{bounds[0]}, {bounds[1]}]")
         return value
 
     key = field[contract.SOURCE_KEY[table]]
@@ -161,19 +179,21 @@ def _clean_record(kind: str, text: str | None) -> tuple[dict | None, str | None]
         ind = _integer(key)
         if ind is None:
             problems.append(f"ind '{key}' is not an integer")
+        elif ind < 0:
+            problems.append(f"ind '{key}' is negative")
 
     if kind == "pin":
         row = {c: field.get(c) for c in contract.CLEANED_COLUMNS["pin"]}
         row["follower_count"] = typed("follower_count", _follower_count, "a count")
         row["save_location"] = _save_location(field["save_location"])
     elif kind == "geo":
-        latitude = typed("latitude", _number, "a number")
-        longitude = typed("longitude", _number, "a number")
+        latitude = typed("latitude", _number, "a number", LATITUDE)
+        longitude = typed("longitude", _number, "a number", LONGITUDE)
         timestamp = typed("timestamp", _datetime, "a datetime")
         coordinates = None if latitude is None or longitude is None else [latitude, longitude]
         row = {"country": field["country"], "coordinates": coordinates, "timestamp": timestamp}
     else:
-        age = typed("age", _integer, "an integer")
+        age = typed("age", _integer, "an integer", AGE)
         date_joined = typed("date_joined", _datetime, "a datetime")
         first, last = field["first_name"], field["last_name"]
         user_name = None if first is None or last is None else f"{first} {last}"
@@ -184,13 +204,17 @@ def _clean_record(kind: str, text: str | None) -> tuple[dict | None, str | None]
     return {c: row[c] for c in contract.CLEANED_COLUMNS[kind]}, None
 
 
-def clean_wire_values(kind: str, texts: list[str | None]) -> tuple[list[dict], list[dict]]:
-    """JSON texts as received -> (cleaned rows, one per ind, by ind; quarantined records)."""
+def clean_wire_values(kind: str, texts: list[str | bytes | None]) -> tuple[list[dict], list[dict]]:
+    """JSON texts (or their bytes) as received -> (cleaned rows, one per ind, by ind; quarantined records)."""
     if kind not in contract.EVENT_KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
     latest: dict[int, dict] = {}
     quarantined = []
-    for text in texts:
+    for value in texts:
+        text, invalid = _decoded(value)
+        if invalid is not None:
+            quarantined.append({"kind": kind, "reason": "invalid UTF-8", "raw": invalid})
+            continue
         row, reason = _clean_record(kind, text)
         if reason is None:
             latest[row["ind"]] = row

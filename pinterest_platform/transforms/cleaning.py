@@ -5,8 +5,9 @@ native Spark functions. `clean` types every record and gives each a `_reason` (n
 `cleaned_rows` and `quarantine_rows` split the result into the contract table and the quarantine, and
 `latest_per_key` keeps one row per `ind`.
 
-Records are `value` (the JSON text of one source row), `source` (topic or stream) and `origin` (raw file
-path or shard/sequence). Any further input columns are passed through untouched after `_origin`, so a
+Records are `value` (the JSON text of one source row: a string, as the batch job's text reader gives it,
+or binary, as Kinesis `data` is), `source` (topic or stream) and `origin` (raw file path or
+shard/sequence). Any further input columns are passed through untouched after `_origin`, so a
 caller can order by them in `latest_per_key` (e.g. a Kafka offset).
 
 Cleaning rules decided beyond the contract's words (pinterest_platform_tests/reference.py implements the
@@ -14,10 +15,18 @@ same rules in plain Python):
 - whitespace means ASCII whitespace (Java's and ASCII Python's `\\s`); placeholders and blanks are found
   after trimming it, but a kept value is never trimmed (poster names may end in a space);
 - the placeholder/blank rule applies to every field before typing, so a placeholder `age` is a null age;
-- malformed JSON means not strict JSON: single quotes, duplicate keys or text after the object included;
+- a value that is not valid UTF-8 is quarantined as `invalid UTF-8` before any parsing (never cleaned
+  with replacement characters); its `_raw` is the bytes in lowercase hex, as a string cannot hold them.
+  Spark's text reader and its binary-to-string cast both keep the bytes as they are, so batch lines and
+  Kinesis data (binary, or cast to string) are judged on the same bytes;
+- malformed JSON means not strict JSON: single quotes, duplicate keys (at any depth) or text after the
+  object included;
 - integers (`ind`, `age`) are optionally signed digit strings or JSON integers, nothing else (`7.0` is not);
 - follower counts are digits with an optional fraction and an optional k/K/m/M suffix, rounded half up;
-- latitude and longitude are finite decimal numbers (exponent allowed), as JSON numbers or strings;
+- a negative `ind` is quarantined (`ind '-1' is negative`);
+- latitude and longitude are finite decimal numbers (exponent allowed), as JSON numbers or strings,
+  within [-90, 90] and [-180, 180] (bounds included); an age is within [0, 150]. Out of range is
+  quarantined (`latitude '95' is outside [-90, 90]`), never clamped;
 - datetimes are `yyyy-MM-dd` + `T` or space + `HH:mm:ss` + up to 9 fractional digits (kept to the
   microsecond), no zone (they are UTC);
 - a record with several problems gets all of them in `_reason`, joined by `; `.
@@ -48,6 +57,12 @@ DATETIME_PATTERN = r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0
 
 MALFORMED_JSON = "malformed JSON"
 NOT_AN_OBJECT = "not a JSON object"
+INVALID_UTF8 = "invalid UTF-8"
+
+# values outside these bounds (inclusive) are impossible, so quarantined (docs/data-contract.md)
+LATITUDE_RANGE = (-90, 90)
+LONGITUDE_RANGE = (-180, 180)
+AGE_RANGE = (0, 150)
 
 
 def _trimmed(c: Column) -> Column:
@@ -64,6 +79,13 @@ def _problem(name: str, received: Column, valid: Column, what: str) -> Column:
     """`<name> '<received>' is not <what>` where a value was received but is not valid, else null."""
     message = F.concat(F.lit(f"{name} '"), received, F.lit(f"' is not {what}"))
     return F.when(received.isNotNull() & ~F.coalesce(valid, F.lit(False)), message)
+
+
+def _out_of_range(name: str, received: Column, value: Column, bounds: tuple[int, int]) -> Column:
+    """`<name> '<received>' is outside [low, high]` where a typed value lies outside `bounds`, else null."""
+    low, high = bounds
+    message = F.concat(F.lit(f"{name} '"), received, F.lit(f"' is outside [{low}, {high}]"))
+    return F.when((value < F.lit(low)) | (value > F.lit(high)), message)
 
 
 def _integer(text: Column) -> Column:
@@ -108,7 +130,8 @@ def _save_location(text: Column) -> Column:
 
 def parse_records(kind: str, records: DataFrame) -> DataFrame:
     """Records -> the source row's fields as received (strings, source column names), `_reason`
-    (`malformed JSON`, `not a JSON object` or null), `_raw`, `_source`, `_origin`, then any extra columns."""
+    (`invalid UTF-8`, `malformed JSON`, `not a JSON object` or null), `_raw` (the text, or the bytes in
+    lowercase hex when they are not UTF-8), `_source`, `_origin`, then any extra columns."""
     wire = contract.WIRE_SCHEMAS[kind]
     missing = [c for c in RECORD_COLUMNS if c not in records.columns]
     if missing:
@@ -117,18 +140,36 @@ def parse_records(kind: str, records: DataFrame) -> DataFrame:
     clashes = sorted(set(extra) & (set(wire.fieldNames()) | set(META_COLUMNS) | {"_row"}))
     if clashes:
         raise ValueError(f"records carry column(s) {clashes} that cleaning produces itself")
-    value = F.col("value")
+    value_type = records.schema["value"].dataType
+    if not isinstance(value_type, T.StringType | T.BinaryType):
+        raise TypeError(f"records' value is {value_type.simpleString()}; it must be string or binary")
+    # casting binary to string copies the bytes unchecked, so the test below sees them as they arrived
+    received = F.col("value").cast(T.StringType())
+    # a null value has no bytes to judge; it is malformed JSON below
+    valid_utf8 = F.coalesce(F.is_valid_utf8(received), F.lit(True))
+    # invalid text is never parsed, so no field is ever read with replacement characters
+    value = F.when(valid_utf8, received)
     # try_parse_json ignores text after the first JSON value ("{...} junk"), and so does
     # json_array_length after the array's end. Wrapped as `[value]` a well-formed object is an array of
     # one element, and as `[value,0]` an array of two: trailing text breaks one of the two.
     elements = F.try_variant_get(F.try_parse_json(F.concat(F.lit("["), value, F.lit("]"))), "$", "array<variant>")
     well_formed = (F.coalesce(F.size(elements) == 1, F.lit(False))
                    & F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))) == 2, F.lit(False)))
+    # try_parse_json rejects duplicate keys only while spark.sql.variant.allowDuplicateKeys is false,
+    # and from_json would silently take a duplicated field's last value. Counting the top-level keys
+    # quarantines such a record whatever a cluster sets, so batch and streaming cannot disagree on it.
+    keys = F.json_object_keys(value)
+    duplicate_key = F.coalesce(F.size(keys) != F.size(F.array_distinct(keys)), F.lit(False))
     is_object = F.schema_of_variant(F.try_element_at(elements, F.lit(1))).startswith("OBJECT")
-    reason = F.when(~well_formed, F.lit(MALFORMED_JSON)).when(~is_object, F.lit(NOT_AN_OBJECT))
+    reason = (F.when(~valid_utf8, F.lit(INVALID_UTF8))
+              .when(~well_formed | duplicate_key, F.lit(MALFORMED_JSON))
+              .when(~is_object, F.lit(NOT_AN_OBJECT)))
+    # the quarantine's raw is a string: invalid UTF-8 goes there as hex, losslessly (base64 would
+    # depend on spark.sql.chunkBase64String.enabled)
+    raw = F.when(valid_utf8, received).otherwise(F.lower(F.hex(received)))
     return records.select(
         F.from_json(value, wire).alias("_row"),
-        reason.alias("_reason"), value.alias("_raw"), F.col("source").alias("_source"),
+        reason.alias("_reason"), raw.alias("_raw"), F.col("source").alias("_source"),
         F.col("origin").alias("_origin"), *extra,
     ).select(*[F.col("_row")[c].alias(c) for c in wire.fieldNames()], *META_COLUMNS, *extra)
 
@@ -139,7 +180,8 @@ def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
     text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
     key = text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]]
     ind = _integer(key)
-    problems = [F.when(key.isNull(), F.lit("missing ind")), _problem("ind", key, ind.isNotNull(), "an integer")]
+    problems = [F.when(key.isNull(), F.lit("missing ind")), _problem("ind", key, ind.isNotNull(), "an integer"),
+                F.when(ind < 0, F.concat(F.lit("ind '"), key, F.lit("' is negative")))]
     if kind == "pin":
         follower_count = _follower_count(text["follower_count"])
         problems.append(_problem("follower_count", text["follower_count"], follower_count.isNotNull(), "a count"))
@@ -149,13 +191,16 @@ def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
         latitude, longitude = _double(text["latitude"]), _double(text["longitude"])
         timestamp = _timestamp(text["timestamp"])
         problems += [_problem("latitude", text["latitude"], latitude.isNotNull(), "a number"),
+                     _out_of_range("latitude", text["latitude"], latitude, LATITUDE_RANGE),
                      _problem("longitude", text["longitude"], longitude.isNotNull(), "a number"),
+                     _out_of_range("longitude", text["longitude"], longitude, LONGITUDE_RANGE),
                      _problem("timestamp", text["timestamp"], timestamp.isNotNull(), "a datetime")]
         coordinates = F.when(latitude.isNotNull() & longitude.isNotNull(), F.array(latitude, longitude))
         columns = {"country": text["country"], "coordinates": coordinates, "timestamp": timestamp}
     elif kind == "user":
         age, date_joined = _integer(text["age"]), _timestamp(text["date_joined"])
         problems += [_problem("age", text["age"], age.isNotNull(), "an integer"),
+                     _out_of_range("age", text["age"], age, AGE_RANGE),
                      _problem("date_joined", text["date_joined"], date_joined.isNotNull(), "a datetime")]
         user_name = F.concat(text["first_name"], F.lit(" "), text["last_name"])
         columns = {"user_name": user_name, "age": age, "date_joined": date_joined}

@@ -79,6 +79,8 @@ PIN_CASES = [
     ("ind not integer", pin(index="x")),
     ("ind decimal", pin(index="7.5")),
     ("ind overflow", pin(index=3_000_000_000)),
+    ("ind zero", pin(index=0)),
+    ("ind negative", pin(index=-4)),
     ("ind missing", without(PIN, "index")),
     ("ind null", pin(index=None)),
     ("ind placeholder", pin(index="User Info Error")),
@@ -121,6 +123,9 @@ GEO_CASES = [
     ("latitude not number", geo(latitude="abc")),
     ("longitude NaN", geo(longitude="NaN")),
     ("latitude infinity", geo(latitude="Infinity")),
+    ("coordinate bounds", geo(latitude=90, longitude=-180.0)),
+    ("latitude out of range", geo(latitude=95)),
+    ("longitude out of range", geo(longitude="200")),
     ("long country", geo(country="Antarctica (the territory South of 60 deg S)")),
     ("country blank", geo(country="")),
     ("country placeholder", geo(country="User Info Error")),
@@ -139,6 +144,9 @@ USER_CASES = [
     ("age null", user(age=None)),
     ("age decimal", user(age=17.5)),
     ("age word", user(age="x")),
+    ("age bounds", user(age=150)),
+    ("age negative", user(age=-1)),
+    ("age too old", user(age=200)),
     ("last name null", user(last_name=None)),
     ("first name placeholder", user(first_name="User Info Error")),
     ("names kept as received", user(first_name=" Zoë", last_name="O'Brien ")),
@@ -229,13 +237,14 @@ def test_save_location(cleaned):
 def test_ind(cleaned):
     got = rows(cleaned, "pin")
     assert {case: (got[case]["ind"], got[case]["_reason"]) for case in (
-        "ind as string", "ind signed", "ind not integer", "ind decimal", "ind overflow", "ind missing", "ind null",
-        "ind placeholder", "whitespace around",
+        "ind as string", "ind signed", "ind not integer", "ind decimal", "ind overflow", "ind zero", "ind negative",
+        "ind missing", "ind null", "ind placeholder", "whitespace around",
     )} == {
         "ind as string": (12, None), "ind signed": (13, None),
         "ind not integer": (None, "ind 'x' is not an integer"),
         "ind decimal": (None, "ind '7.5' is not an integer"),
         "ind overflow": (None, "ind '3000000000' is not an integer"),
+        "ind zero": (0, None), "ind negative": (-4, "ind '-4' is negative"),
         "ind missing": (None, "missing ind"), "ind null": (None, "missing ind"),
         "ind placeholder": (None, "missing ind"), "whitespace around": (5, None),
     }
@@ -282,6 +291,12 @@ def test_geo(cleaned):
     assert (got["latitude not number"]["_reason"], got["longitude NaN"]["_reason"],
             got["latitude infinity"]["_reason"]) == (
         "latitude 'abc' is not a number", "longitude 'NaN' is not a number", "latitude 'Infinity' is not a number")
+    assert {case: (got[case]["coordinates"], got[case]["_reason"]) for case in (
+        "coordinate bounds", "latitude out of range", "longitude out of range")} == {
+        "coordinate bounds": ([90.0, -180.0], None),
+        # quarantined, never clamped
+        "latitude out of range": ([95.0, -173.293], "latitude '95' is outside [-90, 90]"),
+        "longitude out of range": ([-89.9787, 200.0], "longitude '200' is outside [-180, 180]")}
     assert got["long country"]["country"] == "Antarctica (the territory South of 60 deg S)"
     assert (got["country blank"]["country"], got["country blank"]["_reason"]) == (None, None)
     assert (got["country placeholder"]["country"], got["country placeholder"]["_reason"]) == (None, None)
@@ -304,6 +319,9 @@ def test_user(cleaned):
         "age null": ("Abigail Ali", None, joined, None),
         "age decimal": ("Abigail Ali", None, joined, "age '17.5' is not an integer"),
         "age word": ("Abigail Ali", None, joined, "age 'x' is not an integer"),
+        "age bounds": ("Abigail Ali", 150, joined, None),
+        "age negative": ("Abigail Ali", -1, joined, "age '-1' is outside [0, 150]"),
+        "age too old": ("Abigail Ali", 200, joined, "age '200' is outside [0, 150]"),
         "last name null": (None, 20, joined, None),
         "first name placeholder": (None, 20, joined, None),
         "names kept as received": (" Zoë O'Brien ", 20, joined, None),
