@@ -106,6 +106,30 @@ class _Log:
             self.target(message)
 
 
+# a broker that just started (or moved its group coordinator) answers these for a while; they pass
+_COORDINATOR_NOT_READY = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE",
+                          "_WAIT_COORD", "_TIMED_OUT", "_TRANSPORT")
+
+
+def _with_coordinator(call: Callable[[], Any], what: str, timeout_s: float = 90.0) -> Any:
+    """`call()`, retried while the group coordinator is not ready yet (a fresh broker), up to `timeout_s`."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    wait = 0.2
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            name = error.name() if hasattr(error, "name") else ""
+            if name not in _COORDINATOR_NOT_READY or time.monotonic() + wait > deadline:
+                raise
+            logger.info("raw sink: %s: %s; retrying", what, name)
+            time.sleep(wait)
+            wait = min(wait * 2, 3.0)
+
+
 class SinkIncompleteError(RuntimeError):
     """The sink could not read up to the end offsets it started with; names the partitions and their lag."""
 
@@ -200,7 +224,8 @@ def sink_topics(
     started = time.monotonic()
     try:
         partitions = [TopicPartition(t, p) for t in present for p in sorted(metadata[t].partitions)]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in _with_coordinator(
+            lambda: consumer.committed(partitions, timeout=30), "reading the group's committed offsets")}
         start: dict[tuple[str, int], int] = {}
         end: dict[tuple[str, int], int] = {}
         for tp in partitions:
@@ -234,8 +259,9 @@ def sink_topics(
                                             buf.last_offset)
             if on_file_written is not None:
                 on_file_written(path, len(buf.lines))
-            for tp in consumer.commit(offsets=[TopicPartition(topic, partition, buf.last_offset + 1)],
-                                      asynchronous=False) or []:
+            offsets = [TopicPartition(topic, partition, buf.last_offset + 1)]
+            for tp in _with_coordinator(lambda: consumer.commit(offsets=offsets, asynchronous=False),
+                                        f"committing {topic}[{partition}]") or []:
                 if tp.error is not None:
                     # the file stays; the next run rewrites it from the committed offset
                     raise RuntimeError(f"raw sink: wrote {path} but could not commit {topic}[{partition}] "
