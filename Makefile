@@ -6,12 +6,18 @@ EVENTS ?= 2000
 export PINTEREST_STATE_DIR ?= $(CURDIR)/.pinterest
 export DAGSTER_HOME ?= $(PINTEREST_STATE_DIR)/dagster_home
 
-.PHONY: install jars java demo test dev stack-up stack-down stack-status bench lint clean
+.PHONY: install sysdeps jars java demo test dev stack-up stack-down stack-status bench lint clean
 
-## install: venv + pip upgrade + the package with dev extras + the JVM jars (Delta, S3A, Kafka) from Maven Central
-install: $(VENV)/.installed jars
+## install: system packages when missing, venv + pip upgrade + the package with dev extras + the JVM jars (Delta, S3A, Kafka) from Maven Central
+install: sysdeps $(VENV)/.installed jars
 
-$(VENV)/.installed: pyproject.toml
+## sysdeps: Java 17+, Maven, MariaDB server, openssl; a fast check when all are there, else apt-get (root or
+## passwordless sudo), else the exact command to run
+sysdeps:
+	@PYTHON=$(PYTHON) bash scripts/install_system_deps.sh
+
+# order-only: the venv needs the system packages first, but a re-run of sysdeps must not rebuild it
+$(VENV)/.installed: pyproject.toml | sysdeps
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'
 	$(PYTHON) -m venv $(VENV)
 	# old pip backtracks for minutes on this dependency set: upgrade it first
@@ -19,11 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-java:
-	@java -version 2>&1 | head -1 | grep -Eq '"(1[7-9]|[2-9][0-9])' || \
-	  { echo "Java 17+ is required for Spark and Kafka (apt-get install openjdk-17-jre-headless)"; exit 1; }
+# kept as a name for the Java check, which sysdeps now does with the rest
+java: sysdeps
 
-jars: java $(VENV)/.installed
+jars: sysdeps $(VENV)/.installed
 	PYTHON_FOR_JARS=$(BIN)/python ./jvm/fetch.sh
 
 ## demo: the whole pipeline end to end on the embedded local stack
@@ -37,7 +42,8 @@ test: install
 ## dev: the local stack and the Dagster UI on http://127.0.0.1:3000, same instance as the CLI
 dev: install
 	$(BIN)/pinterest-platform stack up
-	mkdir -p $(DAGSTER_HOME)
+	@# the instance's dagster.yaml, written when missing (never over an edited one), as the CLI does
+	$(BIN)/python -m pinterest_platform.instance
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 stack-up: install

@@ -22,10 +22,11 @@ def _dagster_instance():
     """The instance `make dev` / `dagster dev` use, so CLI runs show up in the UI."""
     import dagster as dg
 
-    from pinterest_platform.settings import load_settings
+    from pinterest_platform.instance import dagster_home, ensure_dagster_yaml
 
-    home = load_settings().dagster_home
-    home.mkdir(parents=True, exist_ok=True)
+    # with no dagster.yaml Dagster warns on every command; an existing one (maybe edited) is kept
+    home = dagster_home()
+    ensure_dagster_yaml(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 
@@ -40,8 +41,66 @@ def table_summary(lake, names: list[str]) -> list[tuple[str, int | None]]:
         return [(name, None) for name in names]
 
 
+def _materialization_metadata(result) -> dict[str, dict]:
+    """Asset key ("raw/pin") -> the raw values of the metadata its materialization in this run reported."""
+    out: dict[str, dict] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            materialization = event.event_specific_data.materialization
+            out[materialization.asset_key.to_user_string()] = {
+                key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+    return out
+
+
+def _nothing_arrived(result) -> bool:
+    """The raw sink read no record and cleaning found no new raw file: the run had nothing to work on.
+
+    Read from what the run's assets reported (assets/batch.py): raw/<kind> `records_this_run`, cleaned/<kind>
+    `new_files`. Both count, because raw files can also land on the lake without the sink (a Kafka Connect
+    S3 sink, say)."""
+    from pinterest_platform import contract
+
+    metadata = _materialization_metadata(result)
+    raw = [metadata.get(f"raw/{kind}") for kind in contract.EVENT_KINDS]
+    cleaned = [metadata.get(f"cleaned/{kind}") for kind in contract.EVENT_KINDS]
+    if any(m is None for m in (*raw, *cleaned)):
+        return False  # a step that did not report: not a run we can call empty
+    return (sum(int(m.get("records_this_run", 0)) for m in raw) == 0
+            and sum(int(m.get("new_files", 0)) for m in cleaned) == 0)
+
+
+def _failed_checks(result, missing_tables: set[str]) -> tuple[list[str], list[str]]:
+    """(checks that failed on data, assets whose checks failed only because their table does not exist yet)."""
+    failed: list[str] = []
+    waiting: set[str] = set()
+    for event in result.all_events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION" or event.event_specific_data.passed:
+            continue
+        asset = event.event_specific_data.asset_key.to_user_string()
+        # a check of a table that does not exist has no data to fail on; it waits for the first records
+        if asset.split("/")[-1] in missing_tables:
+            waiting.add(asset)
+        else:
+            failed.append(f"{asset}:{event.event_specific_data.check_name}")
+    return failed, sorted(waiting)
+
+
+def _print_nothing_arrived(lake, prefix: str) -> None:
+    from pinterest_platform import contract
+
+    topics = ", ".join(contract.topic_name(prefix, kind) for kind in contract.EVENT_KINDS)
+    print(f"\nnothing has arrived: no new records in the Kafka topics {topics} and no new raw files under "
+          f"{lake.uri(contract.TOPICS_DIR)}, so there is nothing to clean yet.")
+    print("Post events, then run `pinterest-platform run batch` again:")
+    print("  pinterest-platform emulate --mode batch --all   # the source database's events "
+          "(`pinterest-platform seed --events 2000` makes one)")
+    print("  or post to the topics with your own client (`pinterest-platform stack up` prints kcat and curl "
+          "examples)")
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     from pinterest_platform import contract
+    from pinterest_platform.assets.batch import PREFIX
     from pinterest_platform.definitions import defs
     from pinterest_platform.resources.lake import LakeAccessError
 
@@ -53,7 +112,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     instance = _dagster_instance()
-    job = defs.get_job_def("batch_job")
+    # batch_job is a define_asset_job (unresolved until bound to the assets): Dagster 1.11+ wants it resolved
+    job = defs.resolve_job_def("batch_job")
     print(f"running batch_job (sink, clean, analytics) in the Dagster instance at {os.environ['DAGSTER_HOME']}",
           flush=True)
     result = job.execute_in_process(
@@ -61,18 +121,26 @@ def run_batch_command(args: argparse.Namespace) -> int:
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
     )
     rows = table_summary(lake, [*contract.EVENT_KINDS, contract.QUARANTINE_TABLE, *contract.ANALYTICS_TABLES])
+    missing_tables = {name for name, count in rows if count is None}
+    failed_checks, waiting = _failed_checks(result, missing_tables)
+    status = "succeeded" if result.success else "FAILED"
+    summary = f"\nbatch run {result.run_id} {status} in {time.monotonic() - started:.1f}s"
+    if result.success and _nothing_arrived(result):
+        if all(kind in missing_tables for kind in contract.EVENT_KINDS):
+            # nothing was ever cleaned: a table listing of dashes and checks "failing" on absent tables
+            # would read as a broken pipeline, when it only waits for its first events
+            _print_nothing_arrived(lake, PREFIX)
+            print(summary + ": nothing has arrived yet"
+                  + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""))
+            return 0
+        summary += ": nothing new since the last run"
     width = max(len(n) for n, _ in rows)
     print(f"\nlake: {lake.root_uri()}")
     for name, count in rows:
         print(f"  tables/{name:<{width}}  {'-' if count is None else count:>9} rows")
-    failed_checks = [
-        f"{e.event_specific_data.asset_key.to_user_string()}:{e.event_specific_data.check_name}"
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
-    ]
-    status = "succeeded" if result.success else "FAILED"
-    print(f"\nbatch run {result.run_id} {status} in {time.monotonic() - started:.1f}s"
-          + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else ""))
+    print(summary
+          + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+          + (f"; no table yet, so not checked: {', '.join(waiting)}" if waiting else ""))
     if not result.success:
         for event in result.all_events:
             if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error is not None:

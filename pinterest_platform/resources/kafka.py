@@ -2,16 +2,61 @@
 
 `KafkaResource` is the interface assets type-hint; `LocalKafkaResource` speaks PLAINTEXT to the embedded
 broker (or any broker named by KAFKA_BOOTSTRAP_SERVERS); `MskKafkaResource` speaks SASL_SSL with AWS IAM
-(OAUTHBEARER tokens signed by aws-msk-iam-sasl-signer) or mutual TLS."""
+(OAUTHBEARER tokens signed by aws-msk-iam-sasl-signer) or mutual TLS.
+
+Every client they make logs through the Python logger `pinterest_platform.kafka` (see `kafka_logger`)
+instead of librdkafka printing to stderr."""
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from pinterest_platform.settings import load_settings
+
+KAFKA_LOGGER = "pinterest_platform.kafka"
+KAFKA_LOG_LEVEL_ENV = "PINTEREST_KAFKA_LOG_LEVEL"  # e.g. INFO to see librdkafka's retries too
+# librdkafka warns about conditions it recovers from by itself, such as a producer asking a broker that is
+# still loading its coordinator for an idempotence PID ("... Coordinator load in progress: retrying"); the
+# send succeeds moments later, so these are progress, not problems. Only WARNING records with these words
+# are demoted (to INFO); errors always pass.
+TRANSIENT_KAFKA_WARNINGS = (": retrying", "Coordinator load in progress", "Coordinator not available",
+                            "Not coordinator")
+
+
+class _TransientKafkaWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and any(t in record.getMessage() for t in TRANSIENT_KAFKA_WARNINGS):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            # the logger checked the level before the filter ran: check again for the demoted one
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger every Kafka client of the platform gets as librdkafka's `logger`.
+
+    WARNING by default (PINTEREST_KAFKA_LOG_LEVEL changes it), with librdkafka's transient retries demoted
+    to INFO; records go to stderr prefixed `kafka`. Configure the logger (level, handlers) to route them
+    elsewhere: a level or handler set before the first client is kept."""
+    logger = logging.getLogger(KAFKA_LOGGER)
+    if not any(isinstance(f, _TransientKafkaWarnings) for f in logger.filters):
+        logger.addFilter(_TransientKafkaWarnings())
+        if logger.level == logging.NOTSET:
+            level = os.environ.get(KAFKA_LOG_LEVEL_ENV, "WARNING").strip().upper()
+            logger.setLevel(level if isinstance(logging.getLevelName(level), int) else logging.WARNING)
+        if not logger.handlers:
+            # its own handler, not the root's: a command that configured no logging still shows real
+            # errors (stderr, as librdkafka did), and a run's root handlers do not print them twice
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("kafka %(levelname)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+    return logger
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -25,20 +70,22 @@ class KafkaResource(dg.ConfigurableResource):
 
         # idempotent + acks=all: a retried send never duplicates and an acknowledged one is durable
         config = {"enable.idempotence": True, "acks": "all", "linger.ms": 20, "compression.type": "lz4",
-                  **self.client_config(), **overrides}
+                  "logger": kafka_logger(), **self.client_config(), **overrides}
         return Producer(config)
 
     def consumer(self, group_id: str, **overrides: Any):
         from confluent_kafka import Consumer
 
         config = {"group.id": group_id, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                  "enable.partition.eof": True, **self.client_config(), **overrides}
+                  "enable.partition.eof": True, "logger": kafka_logger(), **self.client_config(), **overrides}
         return Consumer(config)
 
     def admin(self):
         from confluent_kafka.admin import AdminClient
 
-        return AdminClient(self.client_config())
+        # librdkafka hands its logs to a `logger` only from poll(): an admin client is rarely polled, so
+        # its logs mostly go unshown, but its failures reach the caller as exceptions anyway
+        return AdminClient({"logger": kafka_logger(), **self.client_config()})
 
     def ensure_platform_topics(self, prefix: str) -> list[str]:
         """The platform's three topics (`<prefix>.pin|geo|user`); returns their names."""
