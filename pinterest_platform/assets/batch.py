@@ -96,7 +96,9 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
     lake.check_access(write=True)  # a missing bucket or permission fails here, before a record is consumed
     started = time.monotonic()
     report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
-                         max_records_per_file=load_settings().raw_flush_size, log=context.log.info)
+                         max_records_per_file=load_settings().raw_flush_size, log=context.log.info,
+                         # on the terminal of `run batch` (compute logs in the UI) whatever the log level
+                         progress=lambda line: print(line, flush=True))
     lines = raw_line_counts(lake, list(topics.values()))
     for kind, topic in topics.items():
         sunk = report.get(topic, {})
@@ -241,6 +243,15 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
         previous = None
     up_to_date = (previous is not None and previous.get("inputs") == inputs
                   and all(delta_version(lake.table_uri(n), options) is not None for n in contract.ANALYTICS_TABLES))
+    if all(version is None for version in inputs.values()):
+        # nothing was ever cleaned: no Spark job to start, no table to write
+        context.log.info("no cleaned table yet: nothing to compute")
+        for name in contract.ANALYTICS_TABLES:
+            yield dg.MaterializeResult(asset_key=analytics_key(name), metadata={
+                "dagster/row_count": dg.MetadataValue.int(0),
+                "dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name]),
+                "note": "no cleaned table yet: nothing to compute"})
+        return
     if up_to_date:
         context.log.info(f"cleaned tables unchanged since the last run ({inputs}); analytics kept as they are")
         results = previous["results"]

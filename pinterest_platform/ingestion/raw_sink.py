@@ -178,6 +178,8 @@ def sink_topics(
     log: Any = None,
     on_file_written: Callable[[str, int], None] | None = None,
     poll_timeout_s: float = 0.25,
+    progress: Callable[[str], None] | None = None,
+    progress_every_s: float = 5.0,
 ) -> dict[str, dict[str, Any]]:
     """Drain `topics` up to the end offsets they had when the sink started, into raw files; commit each
     partition's offset to group `group_id` after its file.
@@ -190,7 +192,8 @@ def sink_topics(
     Topics that do not exist are created when `create_missing_topics`, else reported (`exists: False`) and
     skipped. `log` receives progress lines; `on_file_written(path, records)` runs after a file is written and
     before its offsets are committed (an exception there leaves the file uncommitted; the next run rewrites
-    it under the same name).
+    it under the same name). `progress` receives the start line, a line at most every `progress_every_s`
+    and the final line (for a terminal: `log` gets every file).
 
     Returns, per topic: records, files, paths (written this run), exists, next_offsets and end_offsets per
     partition.
@@ -244,6 +247,9 @@ def sink_topics(
         to_read = sum(max(end[k] - start[k], 0) for k in start)
         out.info(f"raw sink: {to_read:,} records to read up to the end offsets of "
                  f"{', '.join(f'{t}[{p}]={end[(t, p)]}' for t, p in sorted(end))}")
+        if progress is not None:
+            progress(f"raw sink: {to_read:,} records to read from {len(present)} topics")
+        last_progress = time.monotonic()
         position = dict(start)
         pending = {k for k in start if position[k] < end[k]}
         if pending:
@@ -277,6 +283,10 @@ def sink_topics(
             out.info(f"raw sink: wrote {path} ({len(buf.lines)} records, offsets {buf.first_offset}.."
                      f"{buf.last_offset}){note}; {done:,}/{to_read:,} records")
             buf.clear()
+            nonlocal last_progress
+            if progress is not None and time.monotonic() - last_progress >= progress_every_s:
+                last_progress = time.monotonic()
+                progress(f"raw sink: {done:,}/{to_read:,} records ({100 * done // max(to_read, 1)}%)")
 
         last_activity = time.monotonic()
         while pending:
@@ -330,8 +340,11 @@ def sink_topics(
 
     total = sum(r["records"] for r in result.values())
     files = sum(r["files"] for r in result.values())
-    out.info(f"raw sink: group {group_id} sank {total:,} records into {files} files in "
-             f"{time.monotonic() - started:.1f} s, up to the end offsets")
+    summary = (f"raw sink: group {group_id} sank {total:,} records into {files} files in "
+               f"{time.monotonic() - started:.1f} s, up to the end offsets")
+    out.info(summary)
+    if progress is not None:
+        progress(summary)
     return result
 
 
