@@ -98,6 +98,12 @@ def _print_nothing_arrived(lake, prefix: str) -> None:
           "examples)")
 
 
+def _blocking_checks() -> set[str]:
+    from pinterest_platform.assets.checks import BATCH_CHECKS
+
+    return {spec.name for check in BATCH_CHECKS for spec in check.check_specs if spec.blocking}
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     from pinterest_platform import contract
     from pinterest_platform.assets.batch import PREFIX
@@ -138,8 +144,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
     print(f"\nlake: {lake.root_uri()}")
     for name, count in rows:
         print(f"  tables/{name:<{width}}  {'-' if count is None else count:>9} rows")
+    blocking = _blocking_checks()
+    stopping = [c for c in failed_checks if c.split(":", 1)[1] in blocking]
+    warnings = [c for c in failed_checks if c not in stopping]
     print(summary
-          + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+          + (f"; failed blocking checks (the run stops): {', '.join(stopping)}" if stopping else "")
+          + (f"; warnings (non-blocking checks failed): {', '.join(warnings)}" if warnings else "")
           + (f"; no table yet, so not checked: {', '.join(waiting)}" if waiting else ""))
     if not result.success:
         for event in result.all_events:
