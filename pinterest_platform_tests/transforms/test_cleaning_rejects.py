@@ -19,15 +19,9 @@ from pinterest_platform.transforms.cleaning import clean, cleaned_rows, quaranti
 from pinterest_platform_tests import reference
 from pinterest_platform_tests.transforms import collect
 
-PIN = {
-    "index": 1, "unique_id": "fbe53c66-3442-4773-b19e-d3ec6f54dddf", "title": "TireBuyer",
-    "description": "Tyres for every road", "poster_name": "Tire Buyer 🚗 | shop ", "follower_count": "26k",
-    "tag_list": "tyres,cars", "is_image_or_video": "image", "image_src": "https://i.pinimg.com/x.jpg",
-    "downloaded": 1, "save_location": "Local save in /data/vehicles", "category": "vehicles",
-}
-GEO = {"ind": 1, "timestamp": "2020-08-28T03:52:47", "latitude": -89.9787, "longitude": -173.293,
-       "country": "Cote d'Ivoire"}
-USER = {"ind": 1, "first_name": "Abigail", "last_name": "Ali", "age": 20, "date_joined": "2015-10-24 11:23:51"}
+# the cleaning tests' events; every case here sets its own ind
+from pinterest_platform_tests.transforms.test_cleaning import GEO, PIN, USER
+
 BASE = {"pin": PIN, "geo": GEO, "user": USER}
 KEY = {"pin": "index", "geo": "ind", "user": "ind"}
 
