@@ -251,12 +251,22 @@ class LocalStack:
                     f"{comp.name} is already running (pid {record['pid']}) on port {record.get(key)}, but "
                     f"{env}={wanted}. Run `pinterest-platform stack down` first to move it.")
 
+    @staticmethod
+    def _port_frees_up(port: int, grace_s: float = 10.0) -> bool:
+        """A port our own just-stopped server held can stay bound for a moment after its process is gone."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            if not procs.port_in_use(port):
+                return True
+        return False
+
     def _assign_ports(self, comp: Component, record: dict, taken: set[int], reserved: set[int]) -> None:
         for key, (port, source) in comp.resolve_ports(record, taken | reserved).items():
             if port in taken:
                 raise RuntimeError(f"{comp.name}: port {port} ({source}) is already assigned to another stack "
                                    f"component; set {comp.port_envs[key]} to a different port.")
-            if procs.port_in_use(port):
+            if procs.port_in_use(port) and not self._port_frees_up(port):
                 raise RuntimeError(
                     f"{comp.name} cannot start: port {port} on 127.0.0.1 ({source}) is already in use by "
                     f"another process. Free it or set {comp.port_envs[key]} to another port "
