@@ -252,8 +252,9 @@ class LocalStack:
                     f"{env}={wanted}. Run `pinterest-platform stack down` first to move it.")
 
     @staticmethod
-    def _port_frees_up(port: int, grace_s: float = 10.0) -> bool:
-        """A port our own just-stopped server held can stay bound for a moment after its process is gone."""
+    def _port_frees_up(port: int, grace_s: float = 30.0) -> bool:
+        """A port our own just-stopped server held can stay bound after its process is gone (closing
+        connections of its clients), so wait a little before calling it taken."""
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             time.sleep(0.25)
