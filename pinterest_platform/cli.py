@@ -98,6 +98,13 @@ def _print_nothing_arrived(lake, prefix: str) -> None:
           "examples)")
 
 
+def innermost_message(error) -> str:
+    """The user's error is the innermost cause, not Dagster's "error while executing op" wrapper."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def _blocking_checks() -> set[str]:
     from pinterest_platform.assets.checks import BATCH_CHECKS
 
@@ -154,11 +161,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if not result.success:
         for event in result.all_events:
             if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error is not None:
-                # the user's error is the innermost cause, not Dagster's "error while executing op" wrapper
-                error = event.event_specific_data.error
-                while error.cause is not None:
-                    error = error.cause
-                print(f"{event.step_key} failed: {error.message.strip()}", file=sys.stderr)
+                print(f"{event.step_key} failed: {innermost_message(event.event_specific_data.error)}",
+                      file=sys.stderr)
             elif event.is_failure:
                 print(event.message, file=sys.stderr)
     return 0 if result.success else 1

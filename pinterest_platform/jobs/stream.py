@@ -419,7 +419,7 @@ def _remote_stream_command(settings, continuous: bool) -> int:
     import dagster as dg
 
     from pinterest_platform.assets.streaming import stream_available_now
-    from pinterest_platform.cli import _dagster_instance
+    from pinterest_platform.cli import _dagster_instance, innermost_message
     from pinterest_platform.definitions import kinesis_resource, lake_resource, spark_resource
 
     print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in contract.EVENT_KINDS)} "
@@ -430,9 +430,7 @@ def _remote_stream_command(settings, continuous: bool) -> int:
     if not result.success:
         for event in result.get_step_failure_events():
             error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
-            print(f"error: {error.message.strip() if error else event.message}", flush=True)
+            print(f"error: {innermost_message(error) if error else event.message}", flush=True)
         return 1
     [materialization] = result.asset_materializations_for_node(stream_available_now.node_def.name)
     _print_streams(materialization.metadata["streams"].value)
