@@ -4,14 +4,19 @@
   streams hold, exactly-once through the per-stream checkpoints). Continuous streaming runs outside
   Dagster (`pinterest-platform run stream --continuous`, or a Databricks job); either way the tables change.
 - The three streaming tables are external assets (`["streaming", "<prefix>_<kind>_table"]`): whoever
-  writes them, `streaming_tables_sensor` notices each new Delta version (delta-rs, no JVM), records it as
-  a materialization with the commit's metrics, and requests a run of the tables' checks.
-- Checks read the tables with delta-rs: one row per ind, columns as the contract says."""
+  writes them, `streaming_tables_sensor` notices their new Delta versions (delta-rs, no JVM), records them
+  as materializations with the commits' metrics, and requests at most one run of the checks of every
+  table that changed, no sooner than `MIN_SECONDS_BETWEEN_RUNS` after the previous one.
+- Checks read the tables with delta-rs: one row per ind (only the rows written since the version the check
+  last passed at, see `_one_row_per_ind_check`), columns as the contract says (the schema only)."""
 
 # no `from __future__ import annotations`: Dagster reads the resource annotations at runtime
+import bisect
 import datetime as dt
 import json
+import time
 from typing import Any
+from urllib.parse import unquote
 
 import dagster as dg
 
@@ -27,8 +32,14 @@ STREAMING_GROUP = "streaming"
 CHECKPOINTS_DIR = "checkpoints"
 # a live stream commits every few seconds; an hour without a commit means the stream (or its producer) stopped
 FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=1), warn_window=dt.timedelta(minutes=15))
-# a first tick over a long-lived table must not emit thousands of events at once; later ticks catch up
+# a tick over a table that took thousands of commits since the last one (a first tick, a sensor that was off)
+# must not read thousands of commit files nor emit thousands of events: it records the newest ones only
 MAX_EVENTS_PER_TABLE_PER_TICK = 100
+# a live stream commits every few seconds; checking each commit would run the checks all the time, so the
+# sensor batches every table's new versions into one run at most this often (also the tick interval)
+MIN_SECONDS_BETWEEN_RUNS = 60
+# how many past evaluations a check looks through for the last one that passed (its incremental start)
+CHECK_HISTORY_LOOKBACK = 25
 
 
 def streaming_table(kind: str) -> str:
@@ -117,17 +128,119 @@ def _open_table(lake: LakeResource, kind: str):
     return DeltaTable(uri, storage_options=options)
 
 
+def _last_passing_version(check_key: dg.AssetCheckKey) -> tuple[int, str] | None:
+    """(Delta version, table id) at which this check last passed in this instance, or None if unknown."""
+    try:
+        context = dg.AssetCheckExecutionContext.get()
+    except dg.DagsterInvariantViolationError:  # invoked directly, outside a run: no history to start from
+        return None
+    records = context.instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=CHECK_HISTORY_LOOKBACK)
+    for record in records:  # newest first; the current run's own record is only planned, not evaluated
+        evaluation = record.evaluation
+        if not isinstance(evaluation, dg.AssetCheckEvaluation) or not evaluation.passed:
+            continue
+        version, table_id = evaluation.metadata.get("delta_version"), evaluation.metadata.get("table_id")
+        if version is not None and table_id is not None:
+            return int(version.value), str(table_id.value)
+    return None
+
+
+def _full_ind_check(table) -> tuple[bool, dict[str, Any]]:
+    from pinterest_platform.assets.checks import unique_non_null_ind
+
+    passed, metadata = unique_non_null_ind(table.to_pyarrow_table(columns=["ind"]))
+    return passed, {**metadata, "mode": "full"}
+
+
+def _incremental_ind_check(table, base) -> tuple[bool, dict[str, Any]] | None:
+    """Checks the rows of the files `table` holds that `base` (an older version) did not; None if it cannot.
+
+    Delta rewrites whole files (MERGE, OPTIMIZE) and never edits one in place, so every row inserted or
+    updated since `base` is in such a file. A duplicate in the current table is then either two new rows
+    (seen among the new files), or a new row and an old one (looked up by ind in the old files whose ind
+    min/max, from the Delta log, can hold it), or two old rows, impossible since the check passed at `base`
+    over the same old files. Deletion vectors only remove rows, so they cannot make a duplicate."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pds
+
+    from pinterest_platform.assets.checks import unique_non_null_ind
+
+    base_paths = {unquote(p) for p in pa.table(base.get_add_actions()).column("path").to_pylist()}
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    dataset = table.to_pyarrow_dataset()
+    fragments = {unquote(f.path): f for f in dataset.get_fragments()}
+    if any(unquote(a["path"]) not in fragments for a in actions):
+        return None  # the dataset names files differently from the log: cannot tell new from old
+
+    def read(paths: list[str], **kwargs) -> pa.Table:
+        subset = pds.FileSystemDataset([fragments[p] for p in paths], dataset.schema, dataset.format,
+                                       dataset.filesystem)
+        return subset.to_table(columns=["ind"], **kwargs)
+
+    new = [unquote(a["path"]) for a in actions if unquote(a["path"]) not in base_paths]
+    old = [a for a in actions if unquote(a["path"]) in base_paths]
+    new_rows = read(new) if new else pa.table({"ind": pa.array([], dataset.schema.field("ind").type)})
+    passed, metadata = unique_non_null_ind(new_rows)
+    keys = sorted(pc.unique(pc.drop_null(new_rows.column("ind"))).to_pylist())
+
+    def may_hold(action: dict) -> bool:  # no stats for a file: it may hold anything
+        low, high = action.get("min.ind"), action.get("max.ind")
+        if low is None or high is None:
+            return True
+        i = bisect.bisect_left(keys, low)
+        return i < len(keys) and keys[i] <= high
+
+    candidates = [unquote(a["path"]) for a in old if may_hold(a)] if keys else []
+    clashes = read(candidates, filter=pds.field("ind").isin(keys)).num_rows if candidates else 0
+    return passed and clashes == 0, {
+        **metadata, "duplicate_ind": metadata["duplicate_ind"] + clashes, "mode": "incremental",
+        "files_added": len(new), "old_files_read": len(candidates),
+        "old_files_skipped_by_stats": len(old) - len(candidates)}
+
+
 def _one_row_per_ind_check(kind: str):
-    @dg.asset_check(asset=streaming_table_key(kind), name="unique_non_null_ind",
-                    description="one row per ind, none null", blocking=False)
+    @dg.asset_check(asset=streaming_table_key(kind), name="unique_non_null_ind", blocking=False,
+                    description="one row per ind, none null; reads only the rows written since the version "
+                                "the check last passed at (the whole ind column the first time)")
     def check(lake: LakeResource) -> dg.AssetCheckResult:
-        from pinterest_platform.assets.checks import unique_non_null_ind
+        """One row per ind, none null, checked on what changed since the check last passed.
+
+        Starting point: the Delta version (and table id) of this check's newest passing evaluation among its
+        last `CHECK_HISTORY_LOOKBACK` in the Dagster instance. From there it reads the `ind` column of the
+        files added since that version and still live: none may be null, none may repeat among them, and
+        none may be in an older live file (only old files whose ind min/max in the Delta log spans one of
+        the new inds are read, filtered to those inds). `rows` is the number of new rows read. Exact, not a
+        sample; its cost follows the new rows, except that new inds falling within every old file's ind
+        range (random keys, files never clustered by ind) make it read every old file's `ind`, filtered.
+
+        The whole `ind` column is read instead when there is no starting point (first run, direct call, no
+        pass in the lookback), the table was recreated (another table id), or the starting version can no
+        longer be loaded. A failing table is re-checked from its last passing version, so the check keeps
+        failing until the duplicate or null is gone."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
 
         table = _open_table(lake, kind)
         if table is None:
             return dg.AssetCheckResult(passed=False, metadata={"error": f"no Delta table {streaming_table(kind)} yet"})
-        passed, metadata = unique_non_null_ind(table.to_pyarrow_table(columns=["ind"]))
-        return dg.AssetCheckResult(passed=passed, metadata={**metadata, "delta_version": table.version()})
+        version, table_id = table.version(), table.metadata().id
+        start = _last_passing_version(dg.AssetCheckKey(streaming_table_key(kind), "unique_non_null_ind"))
+        outcome = None
+        if start is not None and start[1] == table_id and start[0] <= version:
+            try:
+                base = DeltaTable(lake.table_uri(streaming_table(kind)), version=start[0],
+                                  storage_options=lake.storage_options())
+            except DeltaError:  # its log entries were cleaned up: no longer a base to diff against
+                base = None
+            if base is not None:
+                outcome = _incremental_ind_check(table, base)
+                if outcome is not None:
+                    outcome[1]["base_version"] = start[0]
+        passed, metadata = outcome if outcome is not None else _full_ind_check(table)
+        return dg.AssetCheckResult(passed=passed,
+                                   metadata={**metadata, "delta_version": version, "table_id": table_id})
 
     return check
 
@@ -143,8 +256,9 @@ def _columns_check(kind: str):
         table = _open_table(lake, kind)
         if table is None:
             return dg.AssetCheckResult(passed=False, metadata={"error": f"no Delta table {streaming_table(kind)} yet"})
+        # the schema is in the Delta log: no data file is read, however large the table
         passed, metadata = columns_match_contract(kind)(pa.schema(table.schema().to_arrow()))
-        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+        return dg.AssetCheckResult(passed=passed, metadata={**metadata, "delta_version": table.version()})
 
     return check
 
@@ -157,7 +271,8 @@ STREAMING_CHECKS = [
 streaming_checks_job = dg.define_asset_job(
     "streaming_table_checks",
     selection=dg.AssetSelection.checks_for_assets(*[streaming_table_key(k) for k in contract.EVENT_KINDS]),
-    description="The streaming tables' checks; requested by streaming_tables_sensor for each new Delta version.",
+    description="The streaming tables' checks; streaming_tables_sensor requests the changed tables' checks "
+                "in one run, at most every MIN_SECONDS_BETWEEN_RUNS.",
 )
 
 
@@ -191,29 +306,56 @@ def _commit_metadata(table_uri: str, commit: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _parse_cursor(cursor: str | None) -> dict[str, int]:
+def _parse_cursor(cursor: str | None) -> tuple[dict[str, int], float | None]:
+    """(last Delta version seen per table, when the last run was requested) from the sensor's JSON cursor.
+
+    The cursor is `{"versions": {table: version}, "last_run_at": epoch seconds}`; the older form, the bare
+    `{table: version}` map, still reads (with no last run)."""
     if not cursor:
-        return {}
+        return {}, None
     try:
-        return {str(k): int(v) for k, v in json.loads(cursor).items()}
-    except (ValueError, AttributeError):  # an unreadable cursor restarts from scratch rather than failing forever
-        return {}
+        state = json.loads(cursor)
+        if isinstance(state.get("versions"), dict):
+            last_run = state.get("last_run_at")
+            return ({str(k): int(v) for k, v in state["versions"].items()},
+                    float(last_run) if last_run is not None else None)
+        return {str(k): int(v) for k, v in state.items()}, None
+    except (ValueError, AttributeError, TypeError):  # an unreadable cursor restarts rather than failing forever
+        return {}, None
+
+
+def _checks_of(kind: str) -> list[dg.AssetCheckKey]:
+    return [check.check_key for check in STREAMING_CHECKS if check.check_key.asset_key == streaming_table_key(kind)]
 
 
 @dg.sensor(
     name="streaming_tables_sensor",
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=MIN_SECONDS_BETWEEN_RUNS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     job=streaming_checks_job,
-    description="Records each new Delta version of the streaming tables as a materialization and runs their checks.",
+    description="Records the streaming tables' new Delta versions as materializations and runs the changed "
+                f"tables' checks in one run, at most every {MIN_SECONDS_BETWEEN_RUNS} s.",
 )
 def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    """One tick: at most one run, for every streaming table whose Delta version moved since the cursor.
+
+    Within `MIN_SECONDS_BETWEEN_RUNS` of the last requested run (the cursor remembers when) the tick skips
+    without opening a table, however often it is evaluated. Otherwise it reads each table's current version
+    from its log; for each that moved it records up to `MAX_EVENTS_PER_TABLE_PER_TICK` of the newest new
+    commits as materializations (older ones are passed over, not queued), and requests one run of the checks
+    of all those tables. The checks work out themselves what changed since they last passed."""
     from deltalake import DeltaTable
 
-    seen = _parse_cursor(context.cursor)
+    seen, last_run_at = _parse_cursor(context.cursor)
+    now = time.time()
+    # a last run "in the future" (the clock went back) must not hold the runs off for that long
+    if last_run_at is not None and 0 <= now - last_run_at < MIN_SECONDS_BETWEEN_RUNS:
+        return dg.SkipReason(f"a run was requested {now - last_run_at:.0f} s ago; the next waits until "
+                             f"{MIN_SECONDS_BETWEEN_RUNS} s have passed")
     options = lake.storage_options()
     events: list[dg.AssetMaterialization] = []
-    run_requests: list[dg.RunRequest] = []
+    changed: dict[str, int] = {}
+    check_keys: list[dg.AssetCheckKey] = []
     missing: list[str] = []
     unchanged: list[str] = []
     for kind in contract.EVENT_KINDS:
@@ -231,32 +373,34 @@ def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResou
             unchanged.append(f"{name} v{current}")
             continue
         # history() is newest first and holds only commits whose log entries still exist
-        commits = sorted((c for c in table.history(limit=current - last) if last < int(c["version"]) <= current),
-                         key=lambda c: int(c["version"]))[:MAX_EVENTS_PER_TABLE_PER_TICK]
-        if not commits:
-            continue
-        newest = int(commits[-1]["version"])
+        limit = min(current - last, MAX_EVENTS_PER_TABLE_PER_TICK)
+        commits = sorted((c for c in table.history(limit=limit) if last < int(c["version"]) <= current),
+                         key=lambda c: int(c["version"]))
+        if not commits or int(commits[-1]["version"]) != current:  # the newest commit's entry is gone
+            commits.append({"version": current})
         for commit in commits:
             metadata = _commit_metadata(uri, commit)
             if int(commit["version"]) == current:
                 metadata["dagster/row_count"] = dg.MetadataValue.int(table.to_pyarrow_dataset().count_rows())
             events.append(dg.AssetMaterialization(asset_key=streaming_table_key(kind), metadata=metadata))
-        seen[name] = newest
-        run_requests.append(dg.RunRequest(
-            run_key=f"{name}:{newest}",
-            asset_check_keys=[check.check_key for check in STREAMING_CHECKS
-                              if check.check_key.asset_key == streaming_table_key(kind)],
-            tags={"streaming_table": name, "delta_version": str(newest)},
-        ))
-    if not events:
+        changed[name] = current
+        check_keys.extend(_checks_of(kind))
+    if not changed:
         parts = []
         if unchanged:
             parts.append("no new Delta version: " + ", ".join(unchanged))
         if missing:
             parts.append("not created yet (run the stream job): " + ", ".join(missing))
         return dg.SkipReason("; ".join(parts) or "nothing to report")
-    return dg.SensorResult(asset_events=events, run_requests=run_requests,
-                           cursor=json.dumps(seen, sort_keys=True))
+    versions = ",".join(f"{name}@{version}" for name, version in sorted(changed.items()))
+    run = dg.RunRequest(
+        # the versions name the run: a tick evaluated twice from the same cursor asks for the same run
+        run_key=f"streaming_checks:{versions}",
+        asset_check_keys=check_keys,
+        tags={"streaming_tables": versions},
+    )
+    cursor = {"versions": {**seen, **changed}, "last_run_at": now}
+    return dg.SensorResult(asset_events=events, run_requests=[run], cursor=json.dumps(cursor, sort_keys=True))
 
 
 STREAMING_ASSETS = [*STREAMING_TABLE_SPECS, stream_available_now]

@@ -43,9 +43,24 @@ def lake(tmp_path) -> LocalLakeResource:
     return LocalLakeResource(root=str(tmp_path / "lake"))
 
 
+def aged(cursor: str | None) -> str | None:
+    """The cursor as if its run had been requested long enough ago for the next tick to request another."""
+    try:
+        state = json.loads(cursor or "")
+    except ValueError:  # no cursor, or an unreadable one: nothing to age
+        return cursor
+    state["last_run_at"] -= 10 * streaming.MIN_SECONDS_BETWEEN_RUNS
+    return json.dumps(state)
+
+
 def tick(lake, cursor=None):
-    context = dg.build_sensor_context(cursor=cursor, resources={"lake": lake})
+    """One evaluation; the interval between runs is tested in test_streaming_sensor.py, so it is aged here."""
+    context = dg.build_sensor_context(cursor=aged(cursor), resources={"lake": lake})
     return streaming.streaming_tables_sensor(context)
+
+
+def versions(result) -> dict[str, int]:
+    return json.loads(result.cursor)["versions"]
 
 
 def events_by_table(result) -> dict[str, list[int]]:
@@ -70,17 +85,18 @@ def test_first_tick_reports_every_existing_version(lake):
     assert isinstance(result, dg.SensorResult)
     assert events_by_table(result) == {streaming.streaming_table("user"): [0, 1],
                                        streaming.streaming_table("pin"): [0]}
-    assert json.loads(result.cursor) == {streaming.streaming_table("user"): 1, streaming.streaming_table("pin"): 0}
+    assert versions(result) == {streaming.streaming_table("user"): 1, streaming.streaming_table("pin"): 0}
     user_events = [e for e in result.asset_events if e.asset_key == streaming.streaming_table_key("user")]
     assert user_events[0].metadata["rows_added"].value == 3
     assert user_events[1].metadata["rows_added"].value == 2
     assert user_events[1].metadata["dagster/row_count"].value == 5  # the current version carries the count
     assert "dagster/row_count" not in user_events[0].metadata
     assert user_events[1].metadata["commit_time"].value > 0
-    assert {r.run_key for r in result.run_requests} == {f"{streaming.streaming_table('user')}:1",
-                                                        f"{streaming.streaming_table('pin')}:0"}
-    request = next(r for r in result.run_requests if r.run_key.endswith("user_table:1"))
-    assert {k.asset_key for k in request.asset_check_keys} == {streaming.streaming_table_key("user")}
+    (request,) = result.run_requests  # one run for both tables
+    assert request.run_key == (f"streaming_checks:{streaming.streaming_table('pin')}@0,"
+                               f"{streaming.streaming_table('user')}@1")
+    assert {k.asset_key for k in request.asset_check_keys} == {streaming.streaming_table_key("user"),
+                                                               streaming.streaming_table_key("pin")}
     assert {k.name for k in request.asset_check_keys} == {"unique_non_null_ind", "columns_match_contract"}
 
 
@@ -99,8 +115,8 @@ def test_new_version_on_one_table_only(lake):
     write_deltalake(uri(lake, "geo"), ind_only([2]), mode="append")
     result = tick(lake, cursor)
     assert events_by_table(result) == {streaming.streaming_table("geo"): [1]}
-    assert [r.run_key for r in result.run_requests] == [f"{streaming.streaming_table('geo')}:1"]
-    assert json.loads(result.cursor) == {**json.loads(cursor), streaming.streaming_table("geo"): 1}
+    assert [r.run_key for r in result.run_requests] == [f"streaming_checks:{streaming.streaming_table('geo')}@1"]
+    assert versions(result) == {**json.loads(cursor)["versions"], streaming.streaming_table("geo"): 1}
 
 
 def test_several_versions_at_once_and_deterministic_run_keys(lake):
@@ -112,7 +128,7 @@ def test_several_versions_at_once_and_deterministic_run_keys(lake):
     again = tick(lake, cursor)  # a tick evaluated twice from the same cursor asks for the same run
     assert events_by_table(first) == {streaming.streaming_table("pin"): [1, 2, 3]}
     assert [r.run_key for r in first.run_requests] == [r.run_key for r in again.run_requests] \
-        == [f"{streaming.streaming_table('pin')}:3"]
+        == [f"streaming_checks:{streaming.streaming_table('pin')}@3"]
     assert isinstance(tick(lake, first.cursor), dg.SkipReason)
 
 
@@ -155,7 +171,7 @@ def test_unreadable_cursor_starts_over(lake):
 def test_sensor_definition():
     sensor = streaming.streaming_tables_sensor
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 30
+    assert sensor.minimum_interval_seconds == streaming.MIN_SECONDS_BETWEEN_RUNS == 60
     assert sensor.job_name == "streaming_table_checks"
 
 
