@@ -222,6 +222,22 @@ def _call(target: str, **fields) -> int:
     return getattr(importlib.import_module(module), func)(argparse.Namespace(**fields)) or 0
 
 
+def _posted_at_day(text: str):
+    """`emulate --posted-at`: a real calendar day (YYYY-MM-DD), not after today (UTC)."""
+    import datetime as dt
+
+    try:
+        day = dt.date.fromisoformat(text) if len(text) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if day > today:
+        raise argparse.ArgumentTypeError(f"{text} is in the future (today is {today.isoformat()} UTC)")
+    return day
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pinterest-platform", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--invoke-url", default=None, help="API Gateway invoke URL (default PINTEREST_GATEWAY_URL)")
     emulate.add_argument("--api-key", default=None, help="x-api-key (default PINTEREST_API_KEY)")
     emulate.add_argument("--resume", action="store_true", help="continue after the last acknowledged event")
+    emulate.add_argument("--posted-at", type=_posted_at_day, default=None, metavar="YYYY-MM-DD",
+                         help="stamp the Kafka records' timestamps with this UTC day (at the current time of day), "
+                              "to replay history; --mode batch --via direct only; its own --resume cursor")
     emulate.add_argument("--no-progress", action="store_true")
 
     gateway = sub.add_parser("gateway", help="serve the local HTTP gateway")

@@ -13,6 +13,13 @@ A page is posted, every record acknowledged (failed ones re-sent a bounded numbe
 is the page's last key written to the cursor file, so `resume=True` continues exactly after the last fully
 acknowledged page. A record that still fails is counted and reported (non-zero exit code), never dropped
 silently; the run stops after that page so that a resume re-posts it.
+
+`posted_at=<date>` (Kafka only) stamps every Kafka record's timestamp (CreateTime) with that UTC day at the
+current UTC time of day of the moment it is produced, to replay history and test backfills: the raw sink
+files a record under the UTC day of its Kafka timestamp. Kinesis cannot be given an arrival time
+(approximateArrivalTimestamp is set by the service) and REST Proxy v2 has no timestamp field, so both are
+refused. Such a replay keeps its own cursor (`default_cursor_path(..., posted_at=...)`), so the same events can
+be posted again for another day, and an interrupted replay resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 HTTP_TOPIC_RECORDS_PER_REQUEST = 500
 HTTP_MAX_REQUEST_BYTES = 4 * 1024 * 1024   # under API Gateway's 10 MB payload limit
 MAX_ATTEMPTS = 6                  # sends of one record before it counts as failed (lost)
+DAY_MS = 86_400_000
+RETENTION_MARGIN_MS = 3_600_000   # a posted_at replay must stay within the topics' retention this long
 
 # one event: its key and its three rows (None when the source has no row of that kind for the key)
 Event = tuple[int, dict[str, dict[str, Any] | None]]
@@ -82,6 +91,7 @@ class EmulationReport:
     last_key: int | None = None      # last key of the last fully acknowledged page
     stopped_early: bool = False      # a page had permanent failures; later events were not posted
     errors: list[str] = field(default_factory=list)   # a sample of the failure reasons
+    posted_at: str | None = None     # the UTC day stamped on the Kafka records' timestamps (None: now)
 
     @property
     def total_sent(self) -> int:
@@ -110,6 +120,8 @@ class EmulationReport:
         for kind, n in sorted(self.missing_rows.items()):
             if n:
                 lines.append(f"  {n:,} events have no {SOURCE_TABLE_OF[kind]} row (nothing to post)")
+        if self.posted_at is not None:
+            lines.append(f"  Kafka record timestamps: {self.posted_at} (UTC) at the time of day of posting")
         if self.last_key is not None:
             lines.append(f"  acknowledged up to key {self.last_key}")
         if self.stopped_early:
@@ -132,6 +144,7 @@ class EmulationReport:
             "failed": dict(self.failed),
             "last_key": self.last_key,
             "stopped_early": self.stopped_early,
+            "posted_at": self.posted_at,
         }
 
 
@@ -342,6 +355,36 @@ class Sink:
         pass
 
 
+def _wall_ms() -> int:
+    """Milliseconds since the epoch, now (a function of its own so tests can drive the clock)."""
+    return time.time_ns() // 1_000_000
+
+
+class PostedAtClock:
+    """Kafka timestamps for a replay of `day`: that UTC day at the current UTC time of day.
+
+    The time of day is measured from the UTC midnight of the run's start, so a run that crosses midnight
+    keeps counting and is clamped at the day's last millisecond (23:59:59.999) instead of wrapping to its
+    start; timestamps never go backwards within a run, even if the wall clock does. Two runs for the same
+    day on the same wall-clock day keep their order."""
+
+    def __init__(self, day: _dt.date, now_ms: Callable[[], int] | None = None):
+        self.day = day
+        self.now_ms = now_ms or (lambda: _wall_ms())
+        self.day_start_ms = _day_start_ms(day)
+        self.anchor_ms = self.now_ms() // DAY_MS * DAY_MS   # UTC midnight of the run's start
+        self.last = self.day_start_ms
+
+    def __call__(self) -> int:
+        offset = min(max(self.now_ms() - self.anchor_ms, 0), DAY_MS - 1)
+        self.last = max(self.last, self.day_start_ms + offset)
+        return self.last
+
+
+def _day_start_ms(day: _dt.date) -> int:
+    return int(_dt.datetime(day.year, day.month, day.day, tzinfo=_dt.timezone.utc).timestamp()) * 1000
+
+
 def _delivery_recorder(outcome: dict[int, Any], idx: int) -> Callable:
     """Delivery callback storing the message's error (None: acknowledged) under its index."""
 
@@ -358,9 +401,12 @@ class KafkaSink(Sink):
     name = "kafka"
 
     def __init__(self, kafka, prefix: str, max_attempts: int = MAX_ATTEMPTS,
-                 delivery_timeout_ms: int = 60_000, **producer_overrides: Any):
+                 delivery_timeout_ms: int = 60_000, posted_at: _dt.date | None = None,
+                 **producer_overrides: Any):
         self.kafka = kafka
         self.prefix = prefix
+        # posted_at: each record's timestamp (CreateTime) is that day at the time of day it is produced
+        self.clock = PostedAtClock(posted_at) if posted_at is not None else None
         self.max_attempts = max_attempts
         self.delivery_timeout = delivery_timeout_ms / 1000
         self.overrides = {"message.timeout.ms": delivery_timeout_ms, **producer_overrides}
@@ -416,7 +462,11 @@ class KafkaSink(Sink):
     def _produce(self, topic: str, key: bytes, value: bytes, callback: Callable) -> None:
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                if self.clock is None:   # the producer's own timestamp (now)
+                    self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                else:
+                    self.producer.produce(topic, value=value, key=key, on_delivery=callback,
+                                          timestamp=self.clock())
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.1)
@@ -735,10 +785,72 @@ def write_cursor(path: Path, last_key: int, **info: Any) -> None:
         raise
 
 
-def default_cursor_path(state_dir: Path, prefix: str, mode: str) -> Path:
+def default_cursor_path(state_dir: Path, prefix: str, mode: str, posted_at: _dt.date | None = None) -> Path:
     """Where the CLI and the asset keep the cursor: one per prefix and mode (the destinations), whatever the
-    transport, so a run resumed over HTTP continues one started direct and vice versa."""
-    return Path(state_dir) / "emulator" / f"cursor-{prefix}-{mode}.json"
+    transport, so a run resumed over HTTP continues one started direct and vice versa. A `posted_at` replay
+    has one per day: it neither skips events another day (or the live run) acknowledged nor moves their
+    cursor."""
+    suffix = f"-posted-{posted_at.isoformat()}" if posted_at is not None else ""
+    return Path(state_dir) / "emulator" / f"cursor-{prefix}-{mode}{suffix}.json"
+
+
+def _cursor_posted_at(path: Path | None) -> str | None:
+    """The posted_at day a cursor file was written for (None: a live run, or no file)."""
+    if path is None or not Path(path).exists():
+        return None
+    return json.loads(Path(path).read_text()).get("posted_at")
+
+
+def check_posted_at(posted_at: _dt.date, mode: str, via: str, today: _dt.date | None = None) -> None:
+    """Raise ValueError when `posted_at` cannot be honoured: a day in the future, Kinesis (its
+    approximateArrivalTimestamp is set by the service on arrival) or REST Proxy v2 (no timestamp field)."""
+    today = today or _dt.datetime.now(_dt.timezone.utc).date()
+    if posted_at > today:
+        raise ValueError(f"posted_at {posted_at.isoformat()} is in the future (today is {today.isoformat()} UTC)")
+    if mode != "batch":
+        raise ValueError(f"--posted-at applies to Kafka only: Kinesis cannot be given an arrival time "
+                         f"(approximateArrivalTimestamp is set by the service), so use --mode batch "
+                         f"(not --mode {mode})")
+    if via != "direct":
+        raise ValueError("--posted-at needs --via direct: the REST proxy (Confluent REST v2) has no record "
+                         "timestamp field, so records posted over HTTP always carry the broker's time")
+
+
+def _check_topics_keep(kafka, topics: list[str], posted_at: _dt.date) -> None:
+    """Raise ValueError when the topics would not keep records stamped `posted_at`: the broker overwrites
+    CreateTime (message.timestamp.type=LogAppendTime), rejects timestamps that old
+    (message.timestamp.before.max.ms) or deletes them at once (time-based retention looks at the records'
+    timestamps, so records older than retention.ms are deleted at the next retention check, active segment
+    included). A broker that does not let us read the topic configs is warned about, not refused."""
+    if not hasattr(kafka, "admin"):
+        return
+    from confluent_kafka.admin import ConfigResource
+
+    age_ms = _wall_ms() // DAY_MS * DAY_MS - _day_start_ms(posted_at)   # how old the records are when posted
+    try:
+        admin = kafka.admin()   # kept referenced until the answers are in (a dropped client cancels them)
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics])
+        configs = {res.name: {k: v.value for k, v in fut.result(30).items()} for res, fut in futures.items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. no DescribeConfigs permission: the replay may still work
+        log.warning("could not read the topics' configs to check they keep records stamped %s: %s",
+                    posted_at, exc)
+        return
+    for topic in topics:
+        config = configs.get(topic, {})
+        if config.get("message.timestamp.type") == "LogAppendTime":
+            raise ValueError(f"topic {topic} has message.timestamp.type=LogAppendTime: the broker replaces the "
+                             f"record timestamps, so --posted-at cannot take effect")
+        before = int(config.get("message.timestamp.before.max.ms") or 2**63 - 1)
+        if age_ms > before:
+            raise ValueError(f"topic {topic} rejects records older than message.timestamp.before.max.ms="
+                             f"{before}; {posted_at.isoformat()} is older")
+        retention = int(config.get("retention.ms") or -1)
+        if retention >= 0 and age_ms + RETENTION_MARGIN_MS >= retention:
+            raise ValueError(
+                f"topic {topic} has retention.ms={retention} ({retention / DAY_MS:g} days): the broker deletes "
+                f"records by their timestamp, so records stamped {posted_at.isoformat()} would be deleted "
+                f"before the raw sink reads them. Raise the topic's retention (e.g. kafka-configs --alter "
+                f"--entity-type topics --entity-name {topic} --add-config retention.ms=-1) or pick a later day")
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -776,13 +888,16 @@ def _outgoing(events: list[Event], missing: dict[str, int]) -> list[Outgoing]:
 def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: str = "pinterest",
             limit: int | None = None, rate: float | None = None, via: Via = "direct",
             invoke_url: str | None = None, api_key: str | None = None, cursor_path: Path | None = None,
-            resume: bool = False, progress: bool = True, page_size: int = PAGE_SIZE) -> EmulationReport:
+            resume: bool = False, progress: bool = True, page_size: int = PAGE_SIZE,
+            posted_at: _dt.date | None = None) -> EmulationReport:
     """Post the source database's events to Kafka (`batch`), Kinesis (`stream`) or both.
 
     `limit`: at most this many events (None: all). `rate`: at most this many events per second.
     `via="http"`: through the HTTP contract at `invoke_url` (with `api_key`) instead of the clients.
     `cursor_path`: after each acknowledged page the page's last key is stored there; with `resume=True`
     the run starts after the stored key (without it, everything is posted again: a redelivery).
+    `posted_at`: (mode `batch`, via `direct` only) every Kafka record's timestamp is that UTC day at the UTC
+    time of day it is produced (clamped to the day); the topics must keep records that old (retention.ms).
     Kafka topics and Kinesis streams are created first when the corresponding resource is given."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -792,11 +907,29 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
         raise ValueError("limit must be >= 0")
     if rate is not None and rate <= 0:
         raise ValueError("rate must be > 0 events per second")
+    if posted_at is not None:
+        if isinstance(posted_at, _dt.datetime) or not isinstance(posted_at, _dt.date):
+            raise ValueError(f"posted_at {posted_at!r}: expected a datetime.date")
+        check_posted_at(posted_at, mode, via)
+    if resume and cursor_path is not None and Path(cursor_path).is_file():
+        # a cursor counts for the day it was written for: resuming another day's (or the live run's) cursor
+        # would skip the events it acknowledged, which this replay has not posted
+        stored = _cursor_posted_at(cursor_path)
+        wanted = posted_at.isoformat() if posted_at is not None else None
+        if stored != wanted:
+            written = f"with posted_at {stored}" if stored else "without posted_at"
+            resumed = f"with posted_at {wanted}" if wanted else "without posted_at"
+            raise ValueError(
+                f"cursor {cursor_path} was written by a run {written}; resuming it {resumed} would skip the "
+                f"events that run acknowledged: use the day's own cursor (default_cursor_path(..., "
+                f"posted_at=...)) or do not resume")
     want_kafka, want_kinesis = mode in ("batch", "both"), mode in ("stream", "both")
 
     # destinations exist before anything is sent
     if kafka is not None and want_kafka:
         kafka.ensure_platform_topics(prefix)
+        if posted_at is not None:
+            _check_topics_keep(kafka, [topic_name(prefix, k) for k in EVENT_KINDS], posted_at)
     if kinesis is not None and want_kinesis:
         kinesis.ensure_platform_streams(prefix)
 
@@ -814,14 +947,15 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
         if want_kafka:
             if kafka is None:
                 raise ValueError(f"mode {mode!r} needs a Kafka resource")
-            sinks.append(KafkaSink(kafka, prefix))
+            sinks.append(KafkaSink(kafka, prefix, posted_at=posted_at))
         if want_kinesis:
             if kinesis is None:
                 raise ValueError(f"mode {mode!r} needs a Kinesis resource")
             sinks.append(KinesisSink(kinesis, prefix))
 
     after = read_cursor(cursor_path) if resume else None
-    report = EmulationReport(mode=mode, via=via, last_key=after)
+    report = EmulationReport(mode=mode, via=via, last_key=after,
+                             posted_at=posted_at.isoformat() if posted_at is not None else None)
     for sink in sinks:
         for dest in sink.destinations():
             report.sent[dest] = 0
@@ -869,7 +1003,8 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
                 break
             report.last_key = events[-1][0]
             if cursor_path is not None:
-                write_cursor(cursor_path, report.last_key, mode=mode, via=via, prefix=prefix)
+                write_cursor(cursor_path, report.last_key, mode=mode, via=via, prefix=prefix,
+                             **({"posted_at": report.posted_at} if posted_at is not None else {}))
         for sink in sinks:
             sink.close()
     finally:
@@ -900,13 +1035,23 @@ def resources_from_settings(settings) -> tuple[Any, Any]:
 
 def emulate_command(args) -> int:
     """`pinterest-platform emulate`: args.mode, args.all, args.limit, args.rate, args.via, args.invoke_url,
-    args.api_key, args.resume, args.no_progress. Exit code 1 when any record was not delivered."""
+    args.api_key, args.resume, args.no_progress, args.posted_at (a date or None). Exit code 1 when any record
+    was not delivered, 2 when the run cannot start (e.g. --posted-at with Kinesis or --via http)."""
+    import sys
+
     from pinterest_platform.resources.source_db import mask_url
     from pinterest_platform.settings import load_settings
 
-    settings = load_settings()
     mode = getattr(args, "mode", None) or "both"
     via = getattr(args, "via", None) or "direct"
+    posted_at = getattr(args, "posted_at", None)
+    if posted_at is not None:
+        try:
+            check_posted_at(posted_at, mode, via)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+    settings = load_settings()
     limit = None if getattr(args, "all", False) else getattr(args, "limit", None)
     invoke_url = getattr(args, "invoke_url", None) or settings.gateway_url
     api_key = getattr(args, "api_key", None) or settings.gateway_api_key
@@ -916,7 +1061,7 @@ def emulate_command(args) -> int:
         if kafka is None and mode in ("batch", "both"):
             print("error: KAFKA_BOOTSTRAP_SERVERS is required for the aws profile", flush=True)
             return 2
-    cursor = default_cursor_path(settings.state_dir, settings.topic_prefix, mode)
+    cursor = default_cursor_path(settings.state_dir, settings.topic_prefix, mode, posted_at=posted_at)
     print(f"posting events from {mask_url(settings.source_db_url)} (prefix {settings.topic_prefix!r})",
           flush=True)
     try:
@@ -924,7 +1069,7 @@ def emulate_command(args) -> int:
                          prefix=settings.topic_prefix, limit=limit, rate=getattr(args, "rate", None), via=via,
                          invoke_url=invoke_url, api_key=api_key, cursor_path=cursor,
                          resume=bool(getattr(args, "resume", False)),
-                         progress=not getattr(args, "no_progress", False))
+                         progress=not getattr(args, "no_progress", False), posted_at=posted_at)
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", flush=True)
         return 2
@@ -936,5 +1081,5 @@ def emulate_command(args) -> int:
 __all__ = [
     "EmulationReport", "HttpIngestClient", "HttpError", "KafkaSink", "KinesisSink", "HttpKafkaSink",
     "HttpKinesisSink", "SourceReader", "emulate", "emulate_command", "read_cursor", "write_cursor",
-    "default_cursor_path", "resources_from_settings",
+    "default_cursor_path", "resources_from_settings", "PostedAtClock", "check_posted_at",
 ]

@@ -517,3 +517,275 @@ def test_foreign_sqlite_source_with_text_datetimes(kafka, tmp_path):
     assert geo[7]["timestamp"] == "2020-08-28T03:52:47" and geo[3]["timestamp"] == "2019-01-02T10:11:12"
     assert geo[3]["latitude"] == 12.123456789012345
     assert user[7]["date_joined"] == "2016-03-04T05:06:07" and user[3]["date_joined"] == "2015-10-01T00:00:01"
+
+
+# --- posted_at: Kafka record timestamps of a chosen day --------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def kafka_timestamped(kafka, topic: str, timeout: float = 60) -> list[tuple[int, int, int, int, int]]:
+    """Every message of `topic` read with a plain confluent_kafka Consumer, as
+    (partition, offset, key, timestamp type, timestamp ms), in partition and offset order."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": kafka.resolved_bootstrap_servers(),
+                         "group.id": f"test-ts-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    try:
+        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        highs = {p: _high_watermark(consumer, TopicPartition(topic, p)) for p in partitions}
+        remaining = {p for p in partitions if highs[p] > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        out = []
+        deadline = time.monotonic() + timeout
+        while remaining:
+            assert time.monotonic() < deadline, f"timed out reading {topic}; partitions left {remaining}"
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= highs[msg.partition()]:
+                        remaining.discard(msg.partition())
+                    continue
+                raise AssertionError(f"consumer error on {topic}: {msg.error()}")
+            ts_type, ts = msg.timestamp()
+            out.append((msg.partition(), msg.offset(), int(msg.key()), ts_type, ts))
+            if msg.offset() >= highs[msg.partition()] - 1:
+                remaining.discard(msg.partition())
+        return sorted(out)
+    finally:
+        consumer.close()
+
+
+def day_start_ms(day) -> int:
+    import datetime as dt
+
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp()) * 1000
+
+
+def utc_today():
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def produce_order(kafka, prefix: str) -> list[tuple[int, int, int]]:
+    """(key, kind position, timestamp) of every message of the three topics, sorted in the emulator's produce
+    order (key order, pin/geo/user within an event) of a single run."""
+    from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+    out = []
+    for pos, kind in enumerate(EVENT_KINDS):
+        for _, _, key, ts_type, ts in kafka_timestamped(kafka, topic_name(prefix, kind)):
+            assert ts_type == TIMESTAMP_CREATE_TIME
+            out.append((key, pos, ts))
+    return sorted(out)
+
+
+def test_posted_at_stamps_create_time_within_that_day_in_produce_order(source, kafka):
+    import datetime as dt
+
+    url, _, expected = source
+    keys = sorted(expected["pin"])
+    day = utc_today() - dt.timedelta(days=3)
+    start, end = day_start_ms(day), day_start_ms(day) + DAY_MS - 1
+
+    prefix = unique_prefix()
+    before = time.time_ns() // 1_000_000
+    report = emulate(url, "batch", kafka, None, prefix, limit=40, posted_at=day, progress=False, page_size=15)
+    after = time.time_ns() // 1_000_000
+    assert report.ok and report.events_read == 40 and report.posted_at == day.isoformat()
+    assert f"Kafka record timestamps: {day.isoformat()} (UTC)" in report.summary()
+    stamped = produce_order(kafka, prefix)
+    assert [(k, p) for k, p, _ in stamped] == [(k, p) for k in keys[:40] for p in range(3)]
+    stamps = [ts for _, _, ts in stamped]
+    assert all(start <= ts <= end for ts in stamps)
+    assert stamps == sorted(stamps), "timestamps follow the produce order"
+    # the day at the UTC time of day of posting (measured from the midnight the run started on)
+    midnight = before // DAY_MS * DAY_MS
+    assert start + (before - midnight) <= stamps[0] and stamps[-1] <= min(start + (after - midnight), end)
+
+    # without posted_at: the producer's own timestamp, i.e. now
+    live = unique_prefix()
+    before = time.time_ns() // 1_000_000
+    assert emulate(url, "batch", kafka, None, live, limit=10, progress=False).ok
+    after = time.time_ns() // 1_000_000
+    stamps = [ts for _, _, ts in produce_order(kafka, live)]
+    assert len(stamps) == 30 and all(before - 1000 <= ts <= after + 1000 for ts in stamps)
+
+
+def test_posted_at_runs_keep_their_order_and_clamp_at_the_days_end(source, kafka, monkeypatch):
+    """Driven clock: a run starting a moment before (wall) midnight, and a second one crossing it. The second
+    run's records come after the first's, and those produced after midnight stay at 23:59:59.999."""
+    import datetime as dt
+
+    url, _, _ = source
+    day = utc_today() - dt.timedelta(days=1)
+    start, end = day_start_ms(day), day_start_ms(day) + DAY_MS - 1
+    clock = {"now": day_start_ms(utc_today()) + DAY_MS - 200}   # today 23:59:59.800 (wall)
+
+    def fake_wall_ms() -> int:
+        clock["now"] += 5
+        return clock["now"]
+
+    monkeypatch.setattr(emulator, "_wall_ms", fake_wall_ms)
+    prefix = unique_prefix()
+    assert emulate(url, "batch", kafka, None, prefix, limit=10, posted_at=day, progress=False).ok
+    first = [ts for _, _, ts in produce_order(kafka, prefix)]
+    assert len(first) == 30 and all(start <= ts < end for ts in first) and first == sorted(first)
+    assert emulate(url, "batch", kafka, None, prefix, limit=20, posted_at=day, progress=False).ok
+
+    from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+    everything = []
+    for kind in EVENT_KINDS:
+        messages = kafka_timestamped(kafka, topic_name(prefix, kind))
+        assert {t for _, _, _, t, _ in messages} == {TIMESTAMP_CREATE_TIME}
+        for partition in {p for p, *_ in messages}:   # offset order = produce order across both runs
+            in_partition = [ts for p, _, _, _, ts in messages if p == partition]
+            assert in_partition == sorted(in_partition)
+        everything.extend(ts for *_, ts in messages)
+    second = sorted(everything)[30:]
+    assert len(second) == 60 and min(second) >= max(first)
+    assert all(start <= ts <= end for ts in everything)
+    assert second.count(end) > 1, "records produced after midnight are clamped to the day's last millisecond"
+
+
+def test_posted_at_replays_have_their_own_resume_cursor(source, kafka, tmp_path):
+    import datetime as dt
+
+    url, _, expected = source
+    keys = sorted(expected["pin"])
+    prefix = unique_prefix()
+    day, other_day = utc_today() - dt.timedelta(days=2), utc_today() - dt.timedelta(days=1)
+    live_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch")
+    day_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch", posted_at=day)
+    other_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch", posted_at=other_day)
+    assert len({live_cursor, day_cursor, other_cursor}) == 3
+
+    live = emulate(url, "batch", kafka, None, prefix, limit=100, cursor_path=live_cursor, progress=False)
+    assert live.ok and read_cursor(live_cursor) == keys[99]
+
+    # a replay without resume posts from the start, as a live run does, and leaves the live cursor alone
+    replay = emulate(url, "batch", kafka, None, prefix, limit=30, posted_at=day, cursor_path=day_cursor,
+                     progress=False, page_size=10)
+    assert replay.ok and replay.first_key == keys[0] and read_cursor(day_cursor) == keys[29]
+    assert read_cursor(live_cursor) == keys[99]
+    # resuming the replay continues after its own acknowledged events
+    rest = emulate(url, "batch", kafka, None, prefix, limit=20, posted_at=day, cursor_path=day_cursor,
+                   resume=True, progress=False)
+    assert rest.ok and rest.first_key == keys[30] and read_cursor(day_cursor) == keys[49]
+    # another day, resumed, starts from the beginning: nothing acknowledged for that day yet
+    other = emulate(url, "batch", kafka, None, prefix, limit=5, posted_at=other_day, cursor_path=other_cursor,
+                    resume=True, progress=False)
+    assert other.ok and other.first_key == keys[0]
+    # a cursor resumed for another day than it was written for would skip events: refused
+    with pytest.raises(ValueError, match="would skip"):
+        emulate(url, "batch", kafka, None, prefix, posted_at=other_day, cursor_path=day_cursor, resume=True,
+                progress=False)
+    with pytest.raises(ValueError, match="would skip"):
+        emulate(url, "batch", kafka, None, prefix, posted_at=day, cursor_path=live_cursor, resume=True,
+                progress=False)
+    with pytest.raises(ValueError, match="would skip"):
+        emulate(url, "batch", kafka, None, prefix, cursor_path=day_cursor, resume=True, progress=False)
+    # the live run resumes as before
+    assert emulate(url, "batch", kafka, None, prefix, limit=1, cursor_path=live_cursor, resume=True,
+                   progress=False).first_key == keys[100]
+
+
+def test_posted_at_needs_topics_that_keep_such_timestamps(source, kafka):
+    import datetime as dt
+
+    from confluent_kafka.admin import NewTopic
+
+    url, _, _ = source
+    # default topics keep 7 days (retention.ms, by record timestamp): a month-old day would be deleted
+    prefix = unique_prefix()
+    with pytest.raises(ValueError, match="retention.ms"):
+        emulate(url, "batch", kafka, None, prefix, limit=5, posted_at=utc_today() - dt.timedelta(days=30),
+                progress=False)
+
+    def create(prefix: str, config: dict) -> None:
+        admin = kafka.admin()   # referenced until the answers are in
+        futures = admin.create_topics(
+            [NewTopic(topic_name(prefix, k), num_partitions=3, replication_factor=1, config=config)
+             for k in EVENT_KINDS], operation_timeout=30)
+        for future in futures.values():
+            future.result(30)
+
+    # topics kept forever take history: records of a 2019 day
+    history = unique_prefix()
+    create(history, {"retention.ms": "-1"})
+    day = dt.date(2019, 3, 15)
+    assert emulate(url, "batch", kafka, None, history, limit=10, posted_at=day, progress=False).ok
+    stamps = [ts for _, _, ts in produce_order(kafka, history)]
+    assert len(stamps) == 30 and all(day_start_ms(day) <= ts < day_start_ms(day) + DAY_MS for ts in stamps)
+
+    # a topic whose broker overwrites the timestamps cannot take posted_at
+    appended = unique_prefix()
+    create(appended, {"message.timestamp.type": "LogAppendTime"})
+    with pytest.raises(ValueError, match="LogAppendTime"):
+        emulate(url, "batch", kafka, None, appended, limit=5, posted_at=utc_today(), progress=False)
+
+
+def test_posted_at_api_refuses_kinesis_http_and_the_future(source, kafka, kinesis):
+    import datetime as dt
+
+    url, _, _ = source
+    past = utc_today() - dt.timedelta(days=1)
+    for mode in ("stream", "both"):
+        with pytest.raises(ValueError, match="approximateArrivalTimestamp"):
+            emulate(url, mode, kafka, kinesis, unique_prefix(), posted_at=past, progress=False)
+    with pytest.raises(ValueError, match="REST"):
+        emulate(url, "batch", via="http", invoke_url="http://127.0.0.1:9", posted_at=past, progress=False)
+    with pytest.raises(ValueError, match="future"):
+        emulate(url, "batch", kafka, posted_at=utc_today() + dt.timedelta(days=1), progress=False)
+
+
+def test_cli_posted_at_refusals_exit_2(capsys):
+    import datetime as dt
+
+    from pinterest_platform.cli import main
+
+    past = (utc_today() - dt.timedelta(days=1)).isoformat()
+    for argv in (["emulate", "--posted-at", past],                      # default --mode both
+                 ["emulate", "--mode", "stream", "--posted-at", past],
+                 ["emulate", "--mode", "both", "--posted-at", past]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Kinesis cannot be given an arrival time" in err and "--mode batch" in err
+    assert main(["emulate", "--mode", "batch", "--via", "http", "--posted-at", past]) == 2
+    err = capsys.readouterr().err
+    assert "REST proxy" in err and "--via direct" in err
+
+    future = (utc_today() + dt.timedelta(days=1)).isoformat()
+    for bad, says in (("2023-02-30", "not a date"), ("yesterday", "not a date"), ("20230101", "not a date"),
+                      (future, "in the future")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["emulate", "--mode", "batch", "--posted-at", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --posted-at" in err and says in err
+
+
+def test_cli_posted_at_posts_with_that_days_cursor(source, kafka, monkeypatch, capsys):
+    import datetime as dt
+
+    from pinterest_platform.cli import main
+    from pinterest_platform.settings import load_settings
+
+    url, _, _ = source
+    prefix = unique_prefix()
+    monkeypatch.setenv("PINTEREST_SOURCE_DB_URL", url)
+    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
+    day = utc_today() - dt.timedelta(days=2)
+    assert main(["emulate", "--mode", "batch", "--limit", "5", "--posted-at", day.isoformat(), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"Kafka record timestamps: {day.isoformat()}" in out and f"-posted-{day.isoformat()}.json" in out
+    state = load_settings().state_dir
+    assert read_cursor(emulator.default_cursor_path(state, prefix, "batch", posted_at=day)) is not None
+    assert not emulator.default_cursor_path(state, prefix, "batch").exists()
+    stamps = [ts for _, _, ts in produce_order(kafka, prefix)]
+    assert len(stamps) == 15 and all(day_start_ms(day) <= ts < day_start_ms(day) + DAY_MS for ts in stamps)
