@@ -4,7 +4,7 @@
     seed --events N           create the synthetic source database
     emulate --mode ...        post source events to Kafka topics and/or Kinesis streams
     gateway                   the local HTTP gateway (API Gateway + REST Proxy + Kinesis proxy stand-in)
-    run batch                 sink, clean and compute analytics for everything that has arrived
+    run batch [--from D --to D] sink, then clean the days with new raw files (or re-process a range), analytics
     run stream                Kinesis -> Delta with Spark Structured Streaming
     databricks deploy         upload the job wheel and entry point to a Unity Catalog volume or workspace files
     demo                      all of the above end to end on the local stack
@@ -41,10 +41,14 @@ def table_summary(lake, names: list[str]) -> list[tuple[str, int | None]]:
         return [(name, None) for name in names]
 
 
-def _materialization_metadata(result) -> dict[str, dict]:
-    """Asset key ("raw/pin") -> the raw values of the metadata its materialization in this run reported."""
+def _events(results):
+    return [event for result in results for event in result.all_events]
+
+
+def _materialization_metadata(results) -> dict[str, dict]:
+    """Asset key ("raw/pin") -> the raw values of the metadata its materialization in these runs reported."""
     out: dict[str, dict] = {}
-    for event in result.all_events:
+    for event in _events(results):
         if event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization
             out[materialization.asset_key.to_user_string()] = {
@@ -52,7 +56,7 @@ def _materialization_metadata(result) -> dict[str, dict]:
     return out
 
 
-def _nothing_arrived(result) -> bool:
+def _nothing_arrived(results) -> bool:
     """The raw sink read no record and cleaning found no new raw file: the run had nothing to work on.
 
     Read from what the run's assets reported (assets/batch.py): raw/<kind> `records_this_run`, cleaned/<kind>
@@ -60,7 +64,7 @@ def _nothing_arrived(result) -> bool:
     S3 sink, say)."""
     from pinterest_platform import contract
 
-    metadata = _materialization_metadata(result)
+    metadata = _materialization_metadata(results)
     raw = [metadata.get(f"raw/{kind}") for kind in contract.EVENT_KINDS]
     cleaned = [metadata.get(f"cleaned/{kind}") for kind in contract.EVENT_KINDS]
     if any(m is None for m in (*raw, *cleaned)):
@@ -69,11 +73,11 @@ def _nothing_arrived(result) -> bool:
             and sum(int(m.get("new_files", 0)) for m in cleaned) == 0)
 
 
-def _failed_checks(result, missing_tables: set[str]) -> tuple[list[str], list[str]]:
+def _failed_checks(results, missing_tables: set[str]) -> tuple[list[str], list[str]]:
     """(checks that failed on data, assets whose checks failed only because their table does not exist yet)."""
     failed: list[str] = []
     waiting: set[str] = set()
-    for event in result.all_events:
+    for event in _events(results):
         if event.event_type_value != "ASSET_CHECK_EVALUATION" or event.event_specific_data.passed:
             continue
         asset = event.event_specific_data.asset_key.to_user_string()
@@ -111,12 +115,55 @@ def _blocking_checks() -> set[str]:
     return {spec.name for check in BATCH_CHECKS for spec in check.check_specs if spec.blocking}
 
 
+def _utc_today():
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def batch_days(args: argparse.Namespace, lake) -> tuple[list, bool, list]:
+    """(days to clean, whether to re-read all their files, pending days that are not partitions).
+
+    `--from/--to`: that range, every file again. Otherwise the days with raw files not cleaned yet (the
+    sink's pending days), or today when there are none (the analytics may still need a first run)."""
+    from pinterest_platform.ingestion.raw_days import pending_days
+    from pinterest_platform.partitions import is_partition
+
+    if args.from_day is not None:
+        last = args.to_day or _utc_today()
+        return [args.from_day, last], True, []
+    pending = pending_days(lake)
+    usable = [d for d in pending if is_partition(d)]
+    return (usable or [_utc_today()]), False, [d for d in pending if not is_partition(d)]
+
+
+def _print_failures(results) -> None:
+    for event in _events(results):
+        if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error is not None:
+            print(f"{event.step_key} failed: {innermost_message(event.event_specific_data.error)}", file=sys.stderr)
+        elif event.is_failure:
+            print(event.message, file=sys.stderr)
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     from pinterest_platform import contract
-    from pinterest_platform.assets.batch import PREFIX
+    from pinterest_platform.assets.batch import PREFIX, QUARANTINE_KEY, analytics_key, cleaned_key, raw_key
     from pinterest_platform.definitions import defs
+    from pinterest_platform.partitions import DAILY_PARTITIONS, is_partition, partition_key
     from pinterest_platform.resources.lake import LakeAccessError
+    from pinterest_platform.run_guard import BatchRunInProgress, batch_lane
 
+    if args.from_day is None and args.to_day is not None:
+        print("error: --to needs --from", file=sys.stderr)
+        return 2
+    for flag, day in (("--from", args.from_day), ("--to", args.to_day)):
+        if day is not None and not is_partition(day):
+            print(f"error: {flag} {day} is not a partition: days run from {DAILY_PARTITIONS.start:%Y-%m-%d} "
+                  "(PINTEREST_PARTITIONS_START) to today, UTC", file=sys.stderr)
+            return 2
+    if args.from_day is not None and args.to_day is not None and args.to_day < args.from_day:
+        print(f"error: --to {args.to_day} is before --from {args.from_day}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     lake = defs.resources["lake"]
     try:
@@ -127,18 +174,44 @@ def run_batch_command(args: argparse.Namespace) -> int:
     instance = _dagster_instance()
     # batch_job is a define_asset_job (unresolved until bound to the assets): Dagster 1.11+ wants it resolved
     job = defs.resolve_job_def("batch_job")
-    print(f"running batch_job (sink, clean, analytics) in the Dagster instance at {os.environ['DAGSTER_HOME']}",
-          flush=True)
-    result = job.execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-    )
+    loggers = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    try:
+        with batch_lane(instance) as lane:
+            tags = lane.tags  # the lane and this process's pid: a later command knows the run died with it
+            print(f"landing: batch_job's raw sink for {_utc_today()} in the Dagster instance at "
+                  f"{os.environ['DAGSTER_HOME']}", flush=True)
+            landing = job.execute_in_process(
+                instance=instance, raise_on_error=False, run_config=loggers, tags=tags,
+                partition_key=partition_key(_utc_today()),
+                asset_selection=[raw_key(kind) for kind in contract.EVENT_KINDS])
+            results = [landing]
+            if landing.success:
+                days, reprocess, outside = batch_days(args, lake)
+                for day in outside:
+                    print(f"warning: raw files of {day} are kept but not cleaned: the partitions start "
+                          f"{DAILY_PARTITIONS.start:%Y-%m-%d} (PINTEREST_PARTITIONS_START)", file=sys.stderr)
+                first, last = partition_key(min(days)), partition_key(max(days))
+                print(f"cleaning and analytics: batch_job for {first}..{last}"
+                      + (" (every file of these days again)" if reprocess else " (the files not cleaned yet)"),
+                      flush=True)
+                results.append(job.execute_in_process(
+                    instance=instance, raise_on_error=False,
+                    run_config={**loggers, "ops": {"cleaned_tables": {"config": {"reprocess": reprocess}}}},
+                    tags={**tags, "dagster/asset_partition_range_start": first,
+                          "dagster/asset_partition_range_end": last},
+                    asset_selection=[*[cleaned_key(k) for k in contract.EVENT_KINDS], QUARANTINE_KEY,
+                                     *[analytics_key(n) for n in contract.ANALYTICS_TABLES]]))
+    except BatchRunInProgress as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    success = all(r.success for r in results)
+    run_ids = " and ".join(r.run_id for r in results)
     rows = table_summary(lake, [*contract.EVENT_KINDS, contract.QUARANTINE_TABLE, *contract.ANALYTICS_TABLES])
     missing_tables = {name for name, count in rows if count is None}
-    failed_checks, waiting = _failed_checks(result, missing_tables)
-    status = "succeeded" if result.success else "FAILED"
-    summary = f"\nbatch run {result.run_id} {status} in {time.monotonic() - started:.1f}s"
-    if result.success and _nothing_arrived(result):
+    failed_checks, waiting = _failed_checks(results, missing_tables)
+    status = "succeeded" if success else "FAILED"
+    summary = f"\nbatch runs {run_ids} {status} in {time.monotonic() - started:.1f}s"
+    if success and _nothing_arrived(results):
         if all(kind in missing_tables for kind in contract.EVENT_KINDS):
             # nothing was ever cleaned: a table listing of dashes and checks "failing" on absent tables
             # would read as a broken pipeline, when it only waits for its first events
@@ -158,14 +231,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
           + (f"; failed blocking checks (the run stops): {', '.join(stopping)}" if stopping else "")
           + (f"; warnings (non-blocking checks failed): {', '.join(warnings)}" if warnings else "")
           + (f"; no table yet, so not checked: {', '.join(waiting)}" if waiting else ""))
-    if not result.success:
-        for event in result.all_events:
-            if event.event_type_value == "STEP_FAILURE" and event.event_specific_data.error is not None:
-                print(f"{event.step_key} failed: {innermost_message(event.event_specific_data.error)}",
-                      file=sys.stderr)
-            elif event.is_failure:
-                print(event.message, file=sys.stderr)
-    return 0 if result.success else 1
+    if not success:
+        _print_failures(results)
+    return 0 if success else 1
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -180,7 +248,7 @@ def demo_command(args: argparse.Namespace) -> int:
                                                    mode="both", all=True, limit=None, rate=None, via="direct",
                                                    invoke_url=None, api_key=None, resume=False,
                                                    no_progress=False)),
-        ("run batch", lambda: run_batch_command(argparse.Namespace(log_level="WARNING"))),
+        ("run batch", lambda: run_batch_command(argparse.Namespace(log_level="WARNING", from_day=None, to_day=None))),
         ("run stream --available-now", lambda: _call("pinterest_platform.jobs.stream:stream_command",
                                                      available_now=True, continuous=False, interval="5 seconds",
                                                      timeout=None)),
@@ -238,6 +306,15 @@ def _posted_at_day(text: str):
     return day
 
 
+def _day(text: str):
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pinterest-platform", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the batch or streaming pipeline")
     run_sub = run.add_subparsers(dest="pipeline", required=True)
-    run_batch = run_sub.add_parser("batch", help="sink, clean and analytics for everything that has arrived")
+    run_batch = run_sub.add_parser(
+        "batch", help="sink, then clean every day with new raw files and recompute the analytics",
+        description="Lands new Kafka records as raw files under their ingest day, then cleans the days that have "
+                    "raw files not cleaned yet and recomputes the analytics (two Dagster runs of batch_job). "
+                    "With --from/--to, re-processes every raw file of that range of days instead.")
+    run_batch.add_argument("--from", dest="from_day", type=_day, default=None, metavar="YYYY-MM-DD",
+                           help="first day to re-process (UTC ingest day)")
+    run_batch.add_argument("--to", dest="to_day", type=_day, default=None, metavar="YYYY-MM-DD",
+                           help="last day to re-process (default: today)")
     run_batch.add_argument("--log-level", default="WARNING", help="Dagster console log level")
     run_stream = run_sub.add_parser("stream", help="Kinesis -> Delta with Structured Streaming")
     mode = run_stream.add_mutually_exclusive_group(required=True)

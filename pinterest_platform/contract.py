@@ -4,6 +4,8 @@ Pure Python plus pyspark type objects (importing pyspark.sql.types starts no JVM
 
 from __future__ import annotations
 
+import datetime
+
 from pyspark.sql import types as T
 
 # --- §1 source database -------------------------------------------------------------------------
@@ -60,9 +62,25 @@ def streaming_table_name(prefix: str, kind: str) -> str:
     return f"{prefix}_{kind}_table"
 
 
-def raw_file_name(topic: str, partition: int, first_offset: int) -> str:
-    """Confluent S3 sink layout, relative to the lake root."""
-    return f"topics/{topic}/partition={partition}/{topic}+{partition}+{first_offset:010d}.json"
+def raw_day_prefix(topic: str, day: datetime.date) -> str:
+    """The folder of one ingest day (UTC day of the Kafka record timestamp), TimeBasedPartitioner style."""
+    return f"{TOPICS_DIR}/{topic}/year={day:%Y}/month={day:%m}/day={day:%d}/"
+
+
+def raw_file_name(topic: str, partition: int, first_offset: int, day: datetime.date | None = None) -> str:
+    """Confluent S3 sink layout, relative to the lake root; with `day`, below that day's folder."""
+    folder = raw_day_prefix(topic, day) if day is not None else f"{TOPICS_DIR}/{topic}/"
+    return f"{folder}partition={partition}/{topic}+{partition}+{first_offset:010d}.json"
+
+
+# Beside every raw file the platform's sink writes, at the same relative path below `_raw_index/`, an index
+# of its records (one JSON line each: md5 of the line, Kafka timestamp in ms, offset), which the raw file
+# itself cannot hold: it is the ordering of "latest posted wins". Files of other writers have none.
+RAW_INDEX_DIR = "_raw_index"
+
+
+def raw_index_name(raw_path: str) -> str:
+    return f"{RAW_INDEX_DIR}/{raw_path}"
 
 
 # Wire schemas: every field read as a string so that a malformed value is seen (and quarantined with

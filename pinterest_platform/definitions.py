@@ -111,7 +111,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=[*checks.BATCH_CHECKS, *streaming.STREAMING_CHECKS],
         jobs=[batch.batch_job, *getattr(streaming, "STREAMING_JOBS", [])],
         schedules=[batch.daily_batch_schedule],
-        sensors=[*streaming.STREAMING_SENSORS],
+        sensors=[batch.batch_automation_sensor, *streaming.STREAMING_SENSORS],
         resources=resources,
     )
 

@@ -45,6 +45,7 @@ class Settings:
     databricks_overrides: dict  # DatabricksSparkResource fields set by the environment (runtime, nodes, ...)
     spark_master: str | None  # None: the stack's Spark cluster when it runs, else in-process local[2]
     raw_flush_size: int  # records per raw topic file at most (Confluent's flush.size)
+    partitions_start: str  # the first day of the daily partitions (YYYY-MM-DD)
 
     @property
     def lake_is_s3(self) -> bool:
@@ -120,4 +121,5 @@ def load_settings() -> Settings:
                               if (value := _env(name)) is not None},
         spark_master=_env("PINTEREST_SPARK_MASTER"),
         raw_flush_size=int(_env("PINTEREST_RAW_FLUSH_SIZE", "10000")),
+        partitions_start=_env("PINTEREST_PARTITIONS_START", "2020-01-01"),
     )

@@ -235,7 +235,7 @@ def test_nothing_posted_says_so_and_what_to_run(runs):
         assert topic in out
     assert "pinterest-platform emulate --mode batch --all" in out
     assert "your own client" in out
-    assert re.search(r"batch run \S+ succeeded in [\d.]+s: nothing has arrived yet\n", out), out
+    assert re.search(r"batch runs \S+ and \S+ succeeded in [\d.]+s: nothing has arrived yet\n", out), out
     # absent tables are not data failures, and a table listing of dashes says nothing
     assert "failed checks" not in out
     assert "tables/pin" not in out and " - rows" not in out
@@ -255,13 +255,13 @@ def test_a_run_with_events_lists_the_tables(runs):
     assert "nothing" not in out, out
     for kind in contract.EVENT_KINDS:
         assert re.search(rf"tables/{kind}\s+[1-9]\d* rows", out), out
-    assert re.search(r"batch run \S+ succeeded in [\d.]+s\n", out), out
+    assert re.search(r"batch runs \S+ and \S+ succeeded in [\d.]+s\n", out), out
     assert "failed checks" not in out
 
 
 def test_a_run_with_nothing_new_says_so(runs):
     out = runs["again"].stdout
-    assert re.search(r"batch run \S+ succeeded in [\d.]+s: nothing new since the last run\n", out), out
+    assert re.search(r"batch runs \S+ and \S+ succeeded in [\d.]+s: nothing new since the last run\n", out), out
     for kind in contract.EVENT_KINDS:
         assert re.search(rf"tables/{kind}\s+[1-9]\d* rows", out), out
     assert "failed checks" not in out

@@ -1,13 +1,19 @@
-"""The batch lakehouse: Kafka topics -> raw topic files -> cleaned Delta tables -> nine analytics tables.
+"""The batch lakehouse: Kafka topics -> raw topic files by day -> cleaned Delta tables -> nine analytics tables.
 
-Every run is incremental: the raw sink consumes from committed offsets, cleaning reads only raw files not
-yet in its manifest, and analytics recompute only when a cleaned table has a new Delta version."""
+Raw and cleaned assets are partitioned by ingest day (partitions.DAILY_PARTITIONS); a range of days is one
+run (single-run backfill policy). Every run is incremental: the raw sink consumes from committed offsets and
+files records under their day, cleaning reads only the files of its days not cleaned yet (per-day
+manifests, no listing of the lake), and analytics, which read every day, recompute only when a cleaned table
+has a new Delta version. When an `ind` arrives more than once, its row holds the latest-posted record, by
+(day, Kafka timestamp, partition, offset); a re-run of an older day never brings back older content."""
 
 
+import datetime
 import json
 import time
 
 import dagster as dg
+from pydantic import Field
 
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import (
@@ -18,9 +24,18 @@ from pinterest_platform.assets.metadata import (
     markdown_preview,
     table_metadata,
 )
-from pinterest_platform.jobs.batch import MANIFEST_DIR
+from pinterest_platform.ingestion.raw_days import (
+    MANIFEST_DIR,
+    add_pending_day,
+    clear_pending_days,
+    line_counts,
+    processed_files,
+    record_processed,
+)
+from pinterest_platform.jobs.batch import VERSIONS_DIR
+from pinterest_platform.partitions import DAILY_PARTITIONS, days_of_keys, is_partition, partition_key
 from pinterest_platform.resources.kafka import KafkaResource
-from pinterest_platform.resources.lake import LakeResource
+from pinterest_platform.resources.lake import LakeFile, LakeResource
 from pinterest_platform.resources.spark import SparkResource
 from pinterest_platform.settings import load_settings
 
@@ -29,9 +44,16 @@ RAW_GROUP = "raw"
 CLEANED_GROUP = "cleaned"
 ANALYTICS_GROUP = "analytics"
 SINK_CONSUMER_GROUP = f"{PREFIX}-raw-sink"
-RAW_MANIFEST = f"{MANIFEST_DIR}/raw_files"
+VERSIONS_ROOT = f"{MANIFEST_DIR}/{VERSIONS_DIR}"
 ANALYTICS_INPUTS = f"{MANIFEST_DIR}/analytics_inputs.json"
-RAW_LINE_COUNTS = f"{MANIFEST_DIR}/raw_line_counts.json"
+# the tag of every batch run: the instance's run queue runs one at a time (dagster.yaml), the CLI refuses
+# to start one while another runs
+BATCH_LANE_TAG = {"pinterest/lane": "batch"}
+
+# a day whose raw files changed is cleaned again, whichever day it is (late records, a replayed day); the
+# analytics follow any cleaned change (a day without data stays unmaterialized and must not block them)
+CLEANED_AUTOMATION = dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
+ANALYTICS_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
 
 def raw_key(kind: str) -> dg.AssetKey:
@@ -52,29 +74,16 @@ KAFKA_KEYS = {kind: dg.AssetKey(["kafka", kind]) for kind in contract.EVENT_KIND
 # --- raw sink -------------------------------------------------------------------------------------------
 
 
-def raw_line_counts(lake: LakeResource, topics: list[str]) -> dict[str, int]:
-    """Records (lines) in every raw file of each topic, whoever wrote the file. Each file is read once: its
-    count is kept in the lake by (path, size), so a run reads only files that are new or have grown."""
-    from pinterest_platform.ingestion.raw_sink import read_raw_files
+def _day_counts(lake: LakeResource, topic: str, days: list[datetime.date],
+                flat: list[LakeFile]) -> dict[datetime.date, tuple[int, int]]:
+    """(files, records) of each day of `topic`, counted on the files' bytes."""
+    from pinterest_platform.ingestion.raw_sink import raw_files_of_day
 
-    try:
-        cache = {tuple(k.split("\t", 1)): v for k, v in json.loads(lake.read_bytes(RAW_LINE_COUNTS)).items()}
-    except Exception:  # noqa: BLE001 - first run, or the cache was removed: count again
-        cache = {}
-    fresh: dict[tuple[str, str], int] = {}
-    totals = {}
-    for topic in topics:
-        total = 0
-        for f in read_raw_files(lake, topic):
-            key = (f.path, str(f.size))
-            if key not in cache:
-                data = lake.read_bytes(f.path)
-                cache[key] = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-            fresh[key] = cache[key]
-            total += cache[key]
-        totals[topic] = total
-    lake.write_bytes(RAW_LINE_COUNTS, json.dumps({"\t".join(k): v for k, v in fresh.items()}).encode())
-    return totals
+    out = {}
+    for day in days:
+        files = raw_files_of_day(lake, topic, day, flat)
+        out[day] = (len(files), sum(line_counts(lake, topic, day, files).values()))
+    return out
 
 
 @dg.multi_asset(
@@ -82,35 +91,66 @@ def raw_line_counts(lake: LakeResource, topics: list[str]) -> dict[str, int]:
         dg.AssetSpec(
             raw_key(kind), deps=[KAFKA_KEYS[kind]], group_name=RAW_GROUP, kinds={"kafka", "s3", "json"},
             owners=OWNERS,
-            description=f"Raw `{contract.topic_name(PREFIX, kind)}` records landed as Confluent-layout topic files.",
+            description=(f"Raw `{contract.topic_name(PREFIX, kind)}` records landed as topic files, one folder per "
+                         "ingest day (the UTC day of the Kafka record timestamp), in the Confluent layout."),
         )
         for kind in contract.EVENT_KINDS
     ],
+    partitions_def=DAILY_PARTITIONS,
+    # a range is one run: the sink reads Kafka once, whatever the number of days
+    backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=False,
 )
 def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lake: LakeResource):
-    """Sink new Kafka records to newline-delimited JSON topic files on the lake (file first, then offsets)."""
-    from pinterest_platform.ingestion.raw_sink import sink_topics
+    """Sink new Kafka records to topic files under their day's folder (file first, then offsets)."""
+    from pinterest_platform.ingestion.raw_sink import day_of_raw_path, flat_raw_files, sink_topics
 
     topics = {kind: contract.topic_name(PREFIX, kind) for kind in contract.EVENT_KINDS}
     lake.check_access(write=True)  # a missing bucket or permission fails here, before a record is consumed
     started = time.monotonic()
+    marked: set[tuple[str, str]] = set()
+    topic_of_path = {f"{contract.TOPICS_DIR}/{t}/": t for t in topics.values()}
+
+    def mark_day(path: str, _records: int) -> None:
+        # before the offsets are committed: a day with files is never missing from the pending days
+        topic = next(t for prefix, t in topic_of_path.items() if path.startswith(prefix))
+        add_pending_day(lake, topic, day_of_raw_path(path), marked)
+
     report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
                          max_records_per_file=load_settings().raw_flush_size, log=context.log.info,
+                         on_file_written=mark_day,
                          # on the terminal of `run batch` (compute logs in the UI) whatever the log level
                          progress=lambda line: print(line, flush=True))
-    lines = raw_line_counts(lake, list(topics.values()))
+    run_days = days_of_keys(context.partition_keys)
     for kind, topic in topics.items():
         sunk = report.get(topic, {})
-        records = int(sunk.get("records", 0))
-        total = lines[topic]
+        written = sorted({day_of_raw_path(p) for p in sunk.get("paths", [])})
+        flat = flat_raw_files(lake, topic)
+        counts = _day_counts(lake, topic, sorted(set(run_days) | set(written)), flat)
+        outside = [d for d in written if d not in run_days]
+        for day in outside:
+            if not is_partition(day):
+                context.log.warning(f"{topic}: records of {day} landed, but {day} is not a partition (they start "
+                                    f"{DAILY_PARTITIONS.start:%Y-%m-%d}; PINTEREST_PARTITIONS_START): they are "
+                                    "kept and not cleaned")
+                continue
+            # the sink lands every day it reads; the days outside this run's range are materialized too
+            files, records = counts[day]
+            context.log_event(dg.AssetMaterialization(
+                asset_key=raw_key(kind), partition=partition_key(day),
+                metadata={"dagster/row_count": dg.MetadataValue.int(records), "files": files,
+                          "dagster/uri": dg.MetadataValue.path(lake.uri(contract.raw_day_prefix(topic, day)))}))
+        in_run = {d: counts[d] for d in run_days}
         yield dg.MaterializeResult(
             asset_key=raw_key(kind),
             metadata={
-                "dagster/row_count": dg.MetadataValue.int(total),
+                # a range's materializations share these figures: the records of all its days
+                "dagster/row_count": dg.MetadataValue.int(sum(r for _, r in in_run.values())),
                 "dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind]),
                 "dagster/uri": dg.MetadataValue.path(lake.uri(f"{contract.TOPICS_DIR}/{topic}")),
-                "records_this_run": records,
+                "records_by_day": dg.MetadataValue.json({d.isoformat(): r for d, (_, r) in in_run.items()}),
+                "days_landed_this_run": dg.MetadataValue.json([d.isoformat() for d in written]),
+                "records_this_run": int(sunk.get("records", 0)),
                 "files_this_run": int(sunk.get("files", 0)),
                 "end_offsets": dg.MetadataValue.json({str(p): o for p, o in sunk.get("end_offsets", {}).items()}),
                 "seconds": round(time.monotonic() - started, 2),
@@ -120,43 +160,51 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
 
 # --- cleaning ---------------------------------------------------------------------------------------------
 
-def processed_files(lake: LakeResource) -> set[tuple[str, int]]:
-    """(path, size) of every raw file already cleaned; a file rewritten with more records is new again."""
-    from deltalake import DeltaTable
-
-    uri = lake.uri(RAW_MANIFEST)
-    options = lake.storage_options()
-    if not DeltaTable.is_deltatable(uri, storage_options=options):
-        return set()
-    table = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["path", "size"])
-    return set(zip(table.column("path").to_pylist(), table.column("size").to_pylist()))
+class CleaningConfig(dg.Config):
+    reprocess: bool = Field(
+        default=False,
+        description="Re-read every raw file of the selected days, not only the files not cleaned yet. The result "
+                    "is the same tables (the latest-posted record of each ind wins); use it after a table was "
+                    "damaged or the cleaning rules changed.")
 
 
-def new_raw_files(lake: LakeResource) -> dict[str, list[dict]]:
-    from pinterest_platform.ingestion.raw_sink import read_raw_files
+def files_to_clean(lake: LakeResource, days: list[datetime.date], reprocess: bool = False) -> dict[str, list[dict]]:
+    """Per kind, the raw files of `days` to clean (all of them with `reprocess`, else those not cleaned yet),
+    found by listing only those days' folders (and the topic's flat-layout files, another sink's)."""
+    from pinterest_platform.ingestion.raw_sink import flat_raw_files, raw_files_of_day
 
-    done = processed_files(lake)
     files: dict[str, list[dict]] = {}
     for kind in contract.EVENT_KINDS:
         topic = contract.topic_name(PREFIX, kind)
-        files[kind] = [
-            {"uri": lake.uri(f.path), "path": f.path, "size": f.size, "topic": topic}
-            for f in read_raw_files(lake, topic) if (f.path, f.size) not in done
-        ]
+        flat = flat_raw_files(lake, topic)
+        files[kind] = []
+        for day in days:
+            done = set() if reprocess else processed_files(lake, kind, day)
+            indexed = {f.path for f in lake.list_files(contract.raw_index_name(contract.raw_day_prefix(topic, day)))}
+            for f in raw_files_of_day(lake, topic, day, flat):
+                if (f.path, f.size) in done:
+                    continue
+                index = contract.raw_index_name(f.path)
+                files[kind].append({"uri": lake.uri(f.path), "path": f.path, "size": f.size, "topic": topic,
+                                    "day": day.isoformat(), "modified": f.modified,
+                                    "index_uri": lake.uri(index) if index in indexed else None})
     return files
 
 
-def conservation_check(kind: str, counts: dict) -> dg.AssetCheckResult:
-    """raw records read = rows upserted + duplicates collapsed + quarantined, for this run."""
-    read, upserted = int(counts.get("read", 0)), int(counts.get("upserted", 0))
-    duplicates, quarantined = int(counts.get("duplicates", 0)), int(counts.get("quarantined", 0))
-    accounted = upserted + duplicates + quarantined
+def conservation_check(kind: str, counts: dict, raw_lines: int) -> dg.AssetCheckResult:
+    """Records in the run's raw files (counted on their bytes) = rows of the table holding an ind they carry
+    + their rows in the quarantine + duplicates collapsed among them (the tables counted after the writes)."""
+    table_rows, quarantine_rows = int(counts.get("table_rows", 0)), int(counts.get("quarantine_rows", 0))
+    duplicates = int(counts.get("duplicates", 0))
+    accounted = table_rows + quarantine_rows + duplicates
     return dg.AssetCheckResult(
-        asset_key=cleaned_key(kind), check_name="conservation", passed=read == accounted,
+        asset_key=cleaned_key(kind), check_name="conservation", passed=raw_lines == accounted,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"read": read, "upserted": upserted, "duplicates_collapsed": duplicates,
-                  "quarantined": quarantined, "unaccounted": read - accounted},
-        description=f"{read} read = {upserted} upserted + {duplicates} duplicates + {quarantined} quarantined",
+        metadata={"raw_records": raw_lines, "table_rows": table_rows, "quarantine_rows": quarantine_rows,
+                  "duplicates_collapsed": duplicates, "older_than_table": int(counts.get("older", 0)),
+                  "read_by_spark": int(counts.get("read", 0)), "unaccounted": raw_lines - accounted},
+        description=(f"{raw_lines} raw records = {table_rows} table rows + {quarantine_rows} quarantined + "
+                     f"{duplicates} duplicates"),
     )
 
 
@@ -165,36 +213,54 @@ def conservation_check(kind: str, counts: dict) -> dg.AssetCheckResult:
         *[
             dg.AssetSpec(
                 cleaned_key(kind), deps=[raw_key(kind)], group_name=CLEANED_GROUP,
-                kinds={"spark", "delta"}, owners=OWNERS,
-                description=f"Cleaned `{kind}` events, one row per ind (contract §3).",
+                kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
+                description=f"Cleaned `{kind}` events, one row per ind holding its latest-posted record.",
             )
             for kind in contract.EVENT_KINDS
         ],
         dg.AssetSpec(
             QUARANTINE_KEY, deps=[raw_key(kind) for kind in contract.EVENT_KINDS], group_name=CLEANED_GROUP,
-            kinds={"spark", "delta"}, owners=OWNERS,
+            kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
             description="Records that could not be cleaned, with their source, reason and raw text.",
         ),
     ],
     check_specs=[dg.AssetCheckSpec("conservation", asset=cleaned_key(kind),
-                                   description="raw = upserted + duplicates + quarantined")
+                                   description="raw records = table rows + quarantined + duplicates")
                  for kind in contract.EVENT_KINDS],
+    partitions_def=DAILY_PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=False,
 )
-def cleaned_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource):
-    """Clean raw files not yet processed and upsert them by ind into Delta (bad records to quarantine)."""
+def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, spark: SparkResource,
+                   lake: LakeResource):
+    """Clean the raw files of the run's days and upsert them by ind (latest posted wins; bad records to quarantine)."""
     lake.check_access(write=True)
-    files = new_raw_files(lake)
+    days = days_of_keys(context.partition_keys)
+    files = files_to_clean(lake, days, reprocess=config.reprocess)
     new = sum(len(v) for v in files.values())
-    context.log.info(f"{new} new raw files: " + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
+    context.log.info(f"{new} raw files to clean in {len(days)} day(s) {days[0]}..{days[-1]}: "
+                     + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
+    raw_lines = {}
+    for kind, kind_files in files.items():
+        topic = contract.topic_name(PREFIX, kind)
+        total = 0
+        for day in sorted({f["day"] for f in kind_files}):
+            of_day = [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day]
+            total += sum(line_counts(lake, topic, datetime.date.fromisoformat(day), of_day).values())
+        raw_lines[kind] = total
     if new:
         counts = spark.run_job(context, "clean_batch", {
-            "tables_root": lake.uri(contract.TABLES_DIR), "manifest_uri": lake.uri(RAW_MANIFEST),
-            "files": files,
+            "tables_root": lake.uri(contract.TABLES_DIR), "versions_root": lake.uri(VERSIONS_ROOT), "files": files,
         })
     else:
-        counts = {kind: {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "quarantined": 0}
-                  for kind in contract.EVENT_KINDS}
+        counts = {kind: {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
+                         "quarantined": 0, "table_rows": 0, "quarantine_rows": 0} for kind in contract.EVENT_KINDS}
+    # after the tables: a crash before this only means the same files are cleaned again, which changes nothing
+    for kind, kind_files in files.items():
+        for day in sorted({f["day"] for f in kind_files}):
+            record_processed(lake, kind, datetime.date.fromisoformat(day),
+                             [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day])
+    clear_pending_days(lake, [contract.topic_name(PREFIX, k) for k in contract.EVENT_KINDS], days)
     options = lake.storage_options()
     for kind in contract.EVENT_KINDS:
         uri = lake.table_uri(kind)
@@ -203,12 +269,13 @@ def cleaned_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake
             asset_key=cleaned_key(kind),
             metadata=table_metadata(
                 contract.CLEANED_SCHEMAS[kind], uri, delta_row_count(uri, options) or 0,
+                days=dg.MetadataValue.json([d.isoformat() for d in days]),
                 new_files=run["files"], records_read=run["read"], rows_upserted=run["upserted"],
-                duplicates_collapsed=run["duplicates"], quarantined=run["quarantined"],
-                delta_version=delta_version(uri, options),
+                duplicates_collapsed=run["duplicates"], older_than_table=run.get("older", 0),
+                quarantined=run["quarantined"], delta_version=delta_version(uri, options),
             ),
         )
-        yield conservation_check(kind, run)
+        yield conservation_check(kind, run, raw_lines[kind])
     uri = lake.table_uri(contract.QUARANTINE_TABLE)
     yield dg.MaterializeResult(
         asset_key=QUARANTINE_KEY,
@@ -225,7 +292,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, spark: SparkResource, lake
         dg.AssetSpec(
             analytics_key(name),
             deps=[cleaned_key(k) for k in contract.EVENT_KINDS], group_name=ANALYTICS_GROUP,
-            kinds={"spark", "delta"}, owners=OWNERS,
+            kinds={"spark", "delta"}, owners=OWNERS, automation_condition=ANALYTICS_AUTOMATION,
             description=f"`{name}` (contract §4).",
         )
         for name in contract.ANALYTICS_TABLES
@@ -275,11 +342,19 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
 BATCH_ASSETS = [raw_topic_files, cleaned_tables, analytics_tables]
 BATCH_SELECTION = dg.AssetSelection.assets(raw_topic_files, cleaned_tables, analytics_tables)
 batch_job = dg.define_asset_job(
-    "batch_job", selection=BATCH_SELECTION,
-    description="Raw sink, cleaning and analytics for everything that has arrived since the last run.",
+    "batch_job", selection=BATCH_SELECTION, tags=BATCH_LANE_TAG,
+    description="Raw sink, cleaning and analytics for the selected days (a backfill of a range is one run).",
 )
-daily_batch_schedule = dg.ScheduleDefinition(
-    name="daily_batch", job=batch_job, cron_schedule="0 2 * * *", execution_timezone="UTC",
+# 02:00 UTC: the original pipeline ran daily. Each tick runs the current day's partition: the sink lands
+# everything new (yesterday's late records included, materializing their days), and batch_automation then
+# cleans any other day whose raw files changed.
+daily_batch_schedule = dg.build_schedule_from_partitioned_job(
+    batch_job, name="daily_batch", hour_of_day=2, minute_of_hour=0,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="The original pipeline ran daily: sink, clean and recompute analytics at 02:00 UTC.",
+    description="Daily at 02:00 UTC: sink, clean and recompute analytics for the current day.",
+)
+batch_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "batch_automation", target=dg.AssetSelection.assets(cleaned_tables, analytics_tables),
+    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60, run_tags=BATCH_LANE_TAG,
+    description="Cleans again any day whose raw files changed, then the analytics; one batch at a time.",
 )

@@ -2,13 +2,19 @@
 
 `sink_topics` reads every partition of the topics from the sink group's committed offset up to the end
 offset it had when the run started (partitions assigned by hand: no group rebalance to wait for after a
-crash), and writes newline-delimited JSON files in the Confluent layout,
-`topics/<topic>/partition=<p>/<topic>+<p>+<first offset:010d>.json` (contract.raw_file_name). A file is
-written first and the partition's offset committed after it, so a crash in between makes the next run
-rewrite the same file name from the same offset: nothing lost, nothing duplicated. A file at that name that
+crash), and writes newline-delimited JSON files in the Confluent layout with a day level,
+`topics/<topic>/year=YYYY/month=MM/day=DD/partition=<p>/<topic>+<p>+<first offset:010d>.json`
+(contract.raw_file_name), the day being the UTC day of the Kafka record timestamp (a record without one
+is filed under the day the sink read it). A file holds consecutive offsets of one partition and one day:
+when a partition's records change day, a new file begins. Beside each file goes its index
+(`_raw_index/<same path>`: md5 of each line, its Kafka timestamp and offset), which cleaning uses to keep
+the latest-posted record of an `ind`. Index, then file, are written first and the partition's offset
+committed after them, so a crash in between makes the next run rewrite the same file name from the same
+offset: nothing lost, nothing duplicated. A file at that name that
 this sink did not write (another writer's) is never replaced: the run fails instead. A run that cannot read
 up to the end offsets fails too, naming the partitions and their lag. `read_raw_files` lists a topic's
-files, ours or a real Confluent sink's.
+files, ours or a real Confluent sink's; `raw_files_of_day` the files of one day: those below its day folder,
+and files of the flat layout (no day level, another sink's) whose object was last modified that day.
 
 Framing (one record per line, never dropped, readers split on "\\n" only):
   - a value without CR/LF is written verbatim, whether or not it is valid JSON or valid UTF-8;
@@ -23,6 +29,8 @@ Framing (one record per line, never dropped, readers split on "\\n" only):
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import logging
 import re
@@ -31,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinterest_platform.contract import TOPICS_DIR, raw_file_name
+from pinterest_platform.contract import TOPICS_DIR, raw_day_prefix, raw_file_name, raw_index_name
 from pinterest_platform.resources.kafka import KafkaResource
 from pinterest_platform.resources.lake import LakeFile, LakeResource
 
@@ -71,19 +79,41 @@ class _Buffer:
     topic: str
     partition: int
     lines: list[bytes] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
     size: int = 0
     first_offset: int = -1
     last_offset: int = -1
+    day: datetime.date | None = None
 
-    def add(self, offset: int, line: bytes) -> None:
+    def add(self, offset: int, line: bytes, timestamp_ms: int, day: datetime.date) -> None:
         if not self.lines:
             self.first_offset = offset
+            self.day = day
         self.lines.append(line)
+        self.timestamps.append(timestamp_ms)
         self.size += len(line) + 1
         self.last_offset = offset
 
+    def index(self) -> bytes:
+        """The file's index: per line its md5, Kafka timestamp (ms) and offset (offsets are consecutive)."""
+        return b"".join(
+            json.dumps({"h": hashlib.md5(line).hexdigest(), "t": ts, "o": self.first_offset + i},
+                       separators=(",", ":")).encode() + b"\n"
+            for i, (line, ts) in enumerate(zip(self.lines, self.timestamps, strict=True)))
+
     def clear(self) -> None:
-        self.lines, self.size, self.first_offset, self.last_offset = [], 0, -1, -1
+        self.lines, self.timestamps, self.size, self.first_offset, self.last_offset = [], [], 0, -1, -1
+        self.day = None
+
+
+def record_time(msg: Any) -> tuple[int, datetime.date]:
+    """(Kafka timestamp in ms, its UTC day); a record without a timestamp gets the time it is read."""
+    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
+    kind, timestamp_ms = msg.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or timestamp_ms is None or timestamp_ms < 0:
+        timestamp_ms = int(time.time() * 1000)
+    return timestamp_ms, datetime.datetime.fromtimestamp(timestamp_ms / 1000, datetime.UTC).date()
 
 
 class _Log:
@@ -138,8 +168,11 @@ class RawFileCollisionError(RuntimeError):
     """A raw file at the sink's path holds records this sink did not write for those offsets."""
 
 
-def _write_unless_foreign(lake: LakeResource, path: str, data: bytes, first: int, last: int) -> str:
+def _write_unless_foreign(lake: LakeResource, path: str, data: bytes, first: int, last: int,
+                          before_write: Callable[[], None] = lambda: None) -> str:
     """Write `data` at `path` unless another writer's file is there. Returns "written", "same" or "extended".
+    `before_write()` runs once the file is known to be this sink's, before it is written (even when the same
+    bytes are there already).
 
     The same bytes, or a file whose lines are the first lines of `data` (this sink's own file of an earlier
     run that died before committing, which read fewer records), are this sink's; anything else is someone
@@ -149,11 +182,14 @@ def _write_unless_foreign(lake: LakeResource, path: str, data: bytes, first: int
     except Exception:  # noqa: BLE001 - missing (FileNotFoundError locally, NoSuchKey on S3): write it
         existing = None
     if existing is None:
+        before_write()
         lake.write_bytes(path, data)
         return "written"
     if existing == data:
+        before_write()
         return "same"
     if existing.endswith(b"\n") and data.startswith(existing):
+        before_write()
         lake.write_bytes(path, data)
         return "extended"
     theirs = existing.count(b"\n") + (0 if existing.endswith(b"\n") else 1)
@@ -260,9 +296,12 @@ def sink_topics(
             if buf is None or not buf.lines:
                 return
             topic, partition = key
-            path = raw_file_name(topic, partition, buf.first_offset)
+            path = raw_file_name(topic, partition, buf.first_offset, buf.day)
+            index = buf.index()
+            # the index goes first: a file never exists without the ordering of its records
             outcome = _write_unless_foreign(lake, path, b"\n".join(buf.lines) + b"\n", buf.first_offset,
-                                            buf.last_offset)
+                                            buf.last_offset,
+                                            before_write=lambda: lake.write_bytes(raw_index_name(path), index))
             if on_file_written is not None:
                 on_file_written(path, len(buf.lines))
             offsets = [TopicPartition(topic, partition, buf.last_offset + 1)]
@@ -316,10 +355,11 @@ def sink_topics(
                 if buf is None:
                     buf = buffers[key] = _Buffer(*key)
                 line = frame_value(msg.value())
-                if buf.lines and (len(buf.lines) >= max_records_per_file
+                timestamp_ms, day = record_time(msg)
+                if buf.lines and (len(buf.lines) >= max_records_per_file or buf.day != day
                                   or buf.size + len(line) + 1 > max_bytes_per_file):
                     flush(key)
-                buf.add(msg.offset(), line)
+                buf.add(msg.offset(), line, timestamp_ms, day)
                 position[key] = msg.offset() + 1
                 if len(buf.lines) >= max_records_per_file:
                     flush(key)
@@ -377,6 +417,45 @@ def parse_raw_file_name(path: str, topic: str) -> RawFileName | None:
         if name == "partition" and value != str(partition):
             return None  # a file filed under another partition's folder is not a sink's output
     return RawFileName(topic, partition, offset)
+
+
+def day_of_raw_path(path: str) -> datetime.date | None:
+    """The ingest day of a raw file from its `year=/month=/day=` levels; None for the flat layout."""
+    match = _DAY_LEVELS.search(path)
+    if not match:
+        return None
+    return datetime.date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+_DAY_LEVELS = re.compile(r"/year=(\d{4})/month=(\d{2})/day=(\d{2})/")
+
+
+def modified_day(lake_file: LakeFile) -> datetime.date:
+    return datetime.datetime.fromtimestamp(lake_file.modified, datetime.UTC).date()
+
+
+def flat_raw_files(lake: LakeResource, topic: str) -> list[LakeFile]:
+    """The raw files of `topic` without a day level (`topics/<topic>/partition=<p>/...`, a Confluent sink's)."""
+    found = []
+    for lake_file in lake.list_files(f"{TOPICS_DIR}/{topic}/partition="):
+        name = parse_raw_file_name(lake_file.path, topic)
+        if name is not None:
+            found.append((name.partition, name.offset, lake_file.path, lake_file))
+    return [item[-1] for item in sorted(found, key=lambda item: item[:3])]
+
+
+def raw_files_of_day(lake: LakeResource, topic: str, day: datetime.date,
+                     flat: list[LakeFile] | None = None) -> list[LakeFile]:
+    """The raw files of one ingest day: below its day folder, plus flat-layout files last modified that day
+    (`flat`: the topic's flat files when the caller listed them already)."""
+    found = []
+    for lake_file in lake.list_files(raw_day_prefix(topic, day)):
+        name = parse_raw_file_name(lake_file.path, topic)
+        if name is not None:
+            found.append((name.partition, name.offset, lake_file.path, lake_file))
+    ours = [item[-1] for item in sorted(found, key=lambda item: item[:3])]
+    flat = flat_raw_files(lake, topic) if flat is None else flat
+    return ours + [f for f in flat if modified_day(f) == day]
 
 
 def read_raw_files(lake: LakeResource, topic: str) -> list[LakeFile]:

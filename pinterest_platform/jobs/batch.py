@@ -64,67 +64,144 @@ def append_quarantine(spark, uri: str, rows) -> None:
             .execute())
 
 
-def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
-    """Clean newly arrived raw files per kind and upsert them.
+# the order of "latest posted wins" in batch: ingest day, Kafka record timestamp, partition, offset (from the
+# raw file's path and its index); a file without an index (another sink's) has no timestamp or offset
+ORDER_COLUMNS = ("_day", "_posted_at", "_partition", "_offset")
+VERSIONS_DIR = "latest"
+INDEX_SCHEMA = "h string, t long, o long"
 
-    params: tables_root (URI of `<lake>/tables`), manifest_uri (Delta table of processed files),
-    files: {kind: [{"uri", "path", "size", "topic"}]}. Returns counts per kind."""
+
+def _order_key(prefix: str = ""):
+    """The order columns as one comparable struct, nulls as the lowest value."""
+    from pyspark.sql import functions as F
+
+    return F.struct(F.coalesce(F.col(f"{prefix}_day"), F.lit("")), F.coalesce(F.col(f"{prefix}_posted_at"), F.lit(-1)),
+                    F.coalesce(F.col(f"{prefix}_partition"), F.lit(-1)), F.coalesce(F.col(f"{prefix}_offset"), F.lit(-1)))
+
+
+def read_raw_records(spark, files: list[dict]):
+    """Raw lines of `files` as records (`value`, `source`, `origin`) with their order columns.
+
+    files: [{"uri", "path", "day", "topic", "index_uri" (None for another writer's file)}]."""
+    from pyspark.sql import functions as F
+
+    records = (spark.read.text([f["uri"] for f in files])
+               .select(F.col("value"), F.col("_metadata.file_path").alias("origin")))
+    # blank lines are framing, not records
+    records = records.where(F.trim(F.col("value")) != "")
+    topics = sorted({f["topic"] for f in files})
+    records = records.withColumn("source", F.lit(",".join(topics)))
+    # the lake-relative path ties a line to its file's day (a flat-layout file's day is not in its path)
+    days = spark.createDataFrame([(f["path"], f["day"]) for f in files], "_path string, _day string")
+    records = (records.withColumn("_path", F.regexp_extract("origin", r"^.*/(topics/[^/]+/.*)$", 1))
+               .join(F.broadcast(days), "_path", "left")
+               .withColumn("_partition", F.regexp_extract("origin", r"\+([0-9]+)\+[0-9]+\.json$", 1).cast("int")))
+    index_uris = [f["index_uri"] for f in files if f.get("index_uri")]
+    if index_uris:
+        # a line's md5 finds its timestamp and offset; identical lines of one file have the same content,
+        # so taking the latest of them is exact
+        index = (spark.read.schema(INDEX_SCHEMA).json(index_uris)
+                 .select(F.regexp_replace(F.col("_metadata.file_path"), "/_raw_index/topics/", "/topics/").alias("origin"),
+                         "h", "t", "o")
+                 .groupBy("origin", "h").agg(F.max(F.struct("t", "o")).alias("_k")))
+        records = (records.withColumn("h", F.md5(F.col("value").cast("binary")))
+                   .join(index, ["origin", "h"], "left")
+                   .select("value", "source", "origin", "_day", F.col("_k.t").alias("_posted_at"), "_partition",
+                           F.col("_k.o").alias("_offset")))
+    else:
+        records = records.select("value", "source", "origin", "_day", F.lit(None).cast("long").alias("_posted_at"),
+                                 "_partition", F.lit(None).cast("long").alias("_offset"))
+    return records
+
+
+def keep_newer_than_stored(spark, winners, versions_uri: str):
+    """Rows whose order key is not older than the one the table's row came from: a backfill of an older day
+    never brings back older content (an equal key is the same record: merging it again changes nothing)."""
+    from pyspark.sql import functions as F
+
+    if not _table_exists(spark, versions_uri):
+        return winners
+    stored = spark.read.format("delta").load(versions_uri).select("ind", _order_key().alias("_stored"))
+    return (winners.join(stored, "ind", "left")
+            .where(F.col("_stored").isNull() | (_order_key() >= F.col("_stored"))).drop("_stored"))
+
+
+def record_versions(spark, versions_uri: str, winners) -> None:
+    """Remember, per ind, the order key of the record its row holds now."""
+    from delta.tables import DeltaTable
+
+    rows = winners.select("ind", *ORDER_COLUMNS)
+    with table_write_lock(spark, versions_uri):
+        if not _table_exists(spark, versions_uri):
+            rows.write.format("delta").mode("errorifexists").save(versions_uri)
+            return
+        key = "struct(coalesce({0}._day, ''), coalesce({0}._posted_at, -1), coalesce({0}._partition, -1), coalesce({0}._offset, -1))"
+        newer = f"{key.format('s')} > {key.format('t')}"
+        (DeltaTable.forPath(spark, versions_uri).alias("t").merge(rows.alias("s"), "t.ind = s.ind")
+         .whenMatchedUpdateAll(condition=newer).whenNotMatchedInsertAll().execute())
+
+
+def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
+    """Clean the given raw files per kind and upsert them by ind, the latest-posted record winning.
+
+    params: tables_root (URI of `<lake>/tables`), versions_root (URI of the per-kind order keys of the rows),
+    files: {kind: [{"uri", "path", "size", "topic", "day", "index_uri"}]}. Returns counts per kind, the
+    table-side ones (`table_rows`: rows of the table whose ind this run saw clean; `quarantine_rows`: rows of
+    the quarantine from these files) counted from the tables after the writes."""
     from pyspark.sql import functions as F
 
     from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
 
     tables_root = params["tables_root"].rstrip("/")
+    versions_root = params["versions_root"].rstrip("/")
     quarantine_uri = f"{tables_root}/{contract.QUARANTINE_TABLE}"
     results: dict[str, Any] = {}
-    manifest_rows = []
     # an empty quarantine is a statement too ("nothing was rejected"), so the table always exists
     ensure_table(spark, quarantine_uri, contract.QUARANTINE_SCHEMA)
     for kind in contract.EVENT_KINDS:
         files = params["files"].get(kind) or []
         table_uri = f"{tables_root}/{kind}"
+        versions_uri = f"{versions_root}/{kind}"
         started = time.monotonic()
         if not files:
-            results[kind] = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0,
-                             "quarantined": 0, "seconds": 0.0}
+            results[kind] = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
+                             "quarantined": 0, "table_rows": 0, "quarantine_rows": 0, "seconds": 0.0}
             continue
-        topic_of = {f["uri"]: f["topic"] for f in files}
-        records = (spark.read.text([f["uri"] for f in files])
-                   .select(F.col("value"), F.col("_metadata.file_path").alias("origin")))
-        # blank lines are framing, not records
-        records = records.where(F.trim(F.col("value")) != "")
-        topics = sorted(set(topic_of.values()))
-        records = records.withColumn("source", F.lit(topics[0]) if len(topics) == 1 else F.lit(",".join(topics)))
-        # counted on the raw lines, independently of cleaning, so the conservation check can catch a
-        # record that cleaning lost or multiplied
-        read = records.count()
+        records = read_raw_records(spark, files)
         cleaned = clean(kind, records).persist()
-        good = cleaned.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
-        tally = cleaned.agg(F.count(F.when(F.col("_reason").isNull() & F.col("ind").isNotNull(), 1)).alias("clean"),
-                            F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined")).first()
-        clean_count, quarantined = int(tally["clean"]), int(tally["quarantined"])
-        deduplicated = cleaned_rows(kind, latest_per_key(good, key="ind", order_by=["_origin", "_raw"]))
-        deduplicated = deduplicated.persist()
-        upserted = deduplicated.count()
-        quarantined_df = quarantine_rows(kind, cleaned)
-        upsert_by_ind(spark, table_uri, deduplicated, contract.CLEANED_SCHEMAS[kind])
+        is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
+        good = cleaned.where(is_clean)
+        tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
+                            F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
+                            F.count(F.lit(1)).alias("read"),
+                            F.countDistinct(F.when(is_clean, F.col("ind"))).alias("keys")).first()
+        read, clean_count = int(tally["read"]), int(tally["clean"])
+        quarantined, keys = int(tally["quarantined"]), int(tally["keys"])
+        winners = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
+        winners = keep_newer_than_stored(spark, winners, versions_uri).persist()
+        rows = cleaned_rows(kind, winners)
+        upserted = winners.count()
+        if upserted or not _table_exists(spark, table_uri):
+            upsert_by_ind(spark, table_uri, rows, contract.CLEANED_SCHEMAS[kind])
+        if upserted:
+            # after the table: a crash in between leaves keys that are older than the rows, which only makes
+            # the same records pass again
+            record_versions(spark, versions_uri, winners)
         if quarantined:
-            append_quarantine(spark, quarantine_uri, quarantined_df)
-        for df in (cleaned, deduplicated):
+            append_quarantine(spark, quarantine_uri, quarantine_rows(kind, cleaned))
+        # counted on the tables as they are now, independently of the counts above: a row that a write lost
+        # (or a user deleted) shows as a conservation failure
+        seen = good.select("ind").distinct()
+        table_rows = spark.read.format("delta").load(table_uri).join(seen, "ind", "left_semi").count()
+        origins = cleaned.select(F.col("_origin").alias("origin")).distinct()
+        quarantine_rows_now = (spark.read.format("delta").load(quarantine_uri).where(F.col("kind") == kind)
+                               .join(origins, "origin", "left_semi").count())
+        for df in (cleaned, winners):
             df.unpersist()
         results[kind] = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
-                         "duplicates": clean_count - upserted, "quarantined": quarantined,
+                         "duplicates": clean_count - keys, "older": keys - upserted, "quarantined": quarantined,
+                         "table_rows": table_rows, "quarantine_rows": quarantine_rows_now,
                          "seconds": round(time.monotonic() - started, 3)}
-        manifest_rows += [(f["path"], int(f["size"]), kind) for f in files]
-    # the manifest is written last: a crash before it only means the same files are merged again,
-    # which changes nothing (upsert by ind, quarantine insert-if-absent)
-    if manifest_rows:
-        from pyspark.sql import types as T
-
-        schema = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
-                               T.StructField("kind", T.StringType())])
-        with table_write_lock(spark, params["manifest_uri"]):
-            (spark.createDataFrame(manifest_rows, schema).withColumn("processed_at", F.current_timestamp())
-             .write.format("delta").mode("append").save(params["manifest_uri"]))
     return results
 
 

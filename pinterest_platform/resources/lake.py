@@ -5,6 +5,7 @@ Everything the platform keeps lives under one root: raw topic files under `topic
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from dataclasses import dataclass
@@ -75,16 +76,22 @@ class LocalLakeResource(LakeResource):
         return Path(self.uri(path)).read_bytes()
 
     def list_files(self, prefix: str) -> list[LakeFile]:
+        """Files whose relative path starts with `prefix`, as an S3 listing would: `a/b/` is a folder,
+        `a/b` also matches `a/bc/...`."""
         base = Path(self.root_uri())
         start = base / prefix
-        if not start.exists():
-            return []
+        if prefix.endswith("/") or start.is_dir():
+            starts = [start] if start.is_dir() else []
+        else:
+            parent, stem = start.parent, start.name
+            starts = sorted(p for p in parent.glob(f"{glob.escape(stem)}*")) if parent.is_dir() else []
         files = []
-        for p in sorted(start.rglob("*")):
-            if p.is_file() and not p.name.startswith(".tmp-"):
-                stat = p.stat()
-                files.append(LakeFile(str(p.relative_to(base)), stat.st_size, stat.st_mtime))
-        return files
+        for top in starts:
+            for p in ([top] if top.is_file() else sorted(top.rglob("*"))):
+                if p.is_file() and not p.name.startswith(".tmp-"):
+                    stat = p.stat()
+                    files.append(LakeFile(str(p.relative_to(base)), stat.st_size, stat.st_mtime))
+        return sorted(files, key=lambda f: f.path)
 
 
 class LakeAccessError(RuntimeError):

@@ -3,6 +3,8 @@ re-runs and crashes, bad values kept verbatim, and reading files a real Confluen
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import TopicPartition
 
-from pinterest_platform.contract import raw_file_name
+from pinterest_platform.contract import raw_file_name, raw_index_name
 from pinterest_platform.ingestion.raw_sink import (
     RawFileCollisionError,
     escape_line_breaks,
@@ -26,10 +28,14 @@ from pinterest_platform.ingestion.raw_sink import (
 )
 from pinterest_platform.resources.lake import LocalLakeResource
 
+# every record of these tests is stamped with one day, so the files' paths are known in advance
+DAY = datetime.date(2026, 11, 30)
+POSTED_MS = int(datetime.datetime(2026, 11, 30, 9, 30, tzinfo=datetime.UTC).timestamp() * 1000)
+
 # records per partition: uneven on purpose, so partition 0 needs two files at 1,000 records per file
 SPLIT = {0: 1500, 1: 700, 2: 300}
-EXPECTED_FILES = {raw_file_name("{t}", 0, 0), raw_file_name("{t}", 0, 1000), raw_file_name("{t}", 1, 0),
-                  raw_file_name("{t}", 2, 0)}
+EXPECTED_FILES = {raw_file_name("{t}", 0, 0, DAY), raw_file_name("{t}", 0, 1000, DAY), raw_file_name("{t}", 1, 0, DAY),
+                  raw_file_name("{t}", 2, 0, DAY)}
 
 
 def _unique(prefix: str) -> str:
@@ -48,7 +54,7 @@ def _produce_rows(kafka, topic: str, split: dict[int, int] = SPLIT) -> int:
     for partition, count in split.items():
         for _ in range(count):
             row = {"index": ind, "title": f"pin {ind}", "category": "travel"}
-            producer.produce(topic, value=json.dumps(row).encode(), partition=partition)
+            producer.produce(topic, value=json.dumps(row).encode(), partition=partition, timestamp=POSTED_MS)
             ind += 1
     assert producer.flush(60) == 0
     return ind
@@ -94,7 +100,7 @@ def test_sink_writes_confluent_layout_and_every_record_once(kafka, lake):
     # bare row objects, byte for byte what was produced
     assert lines[0] == json.dumps({"index": 0, "title": "pin 0", "category": "travel"}).encode()
     # each file starts at the offset in its name and holds consecutive offsets of its partition
-    second = lake.read_bytes(raw_file_name(topic, 0, 1000)).splitlines()
+    second = lake.read_bytes(raw_file_name(topic, 0, 1000, DAY)).splitlines()
     assert len(second) == 500 and json.loads(second[0])["index"] == 1000
     assert _committed(kafka, group, topic, 3) == {0: 1500, 1: 700, 2: 300}
     assert any("wrote" in line for line in progress)
@@ -111,11 +117,11 @@ def test_sink_picks_up_only_new_records(kafka, lake):
     assert sink_topics(kafka, lake, [topic], group)[topic]["records"] == 20
     producer = kafka.producer()
     for i in range(5):
-        producer.produce(topic, value=json.dumps({"index": 100 + i}).encode(), partition=1)
+        producer.produce(topic, value=json.dumps({"index": 100 + i}).encode(), partition=1, timestamp=POSTED_MS)
     producer.flush(30)
     result = sink_topics(kafka, lake, [topic], group)
     assert result[topic]["records"] == 5
-    assert result[topic]["paths"] == [raw_file_name(topic, 1, 10)]
+    assert result[topic]["paths"] == [raw_file_name(topic, 1, 10, DAY)]
     assert len(_read_lines(lake, topic)) == 25
 
 
@@ -164,12 +170,12 @@ def test_values_that_are_not_json_land_verbatim(kafka, lake):
     ]
     producer = kafka.producer()
     for value in values:
-        producer.produce(topic, value=value, partition=0)
+        producer.produce(topic, value=value, partition=0, timestamp=POSTED_MS)
     producer.flush(30)
 
     result = sink_topics(kafka, lake, [topic], group)
     assert result[topic]["records"] == len(values)
-    data = lake.read_bytes(raw_file_name(topic, 0, 0))
+    data = lake.read_bytes(raw_file_name(topic, 0, 0, DAY))
     lines = data[:-1].split(b"\n")
     assert len(lines) == len(values)
     assert lines[0] == values[0]
@@ -293,7 +299,7 @@ def test_a_sink_killed_mid_file_leaves_the_next_run_everything(kafka, lake, tmp_
 def test_another_writers_file_is_never_replaced(kafka, lake):
     topic, group = _unique("sink-foreign"), _unique("g")
     _produce_rows(kafka, topic, {0: 72})
-    foreign = raw_file_name(topic, 0, 0)
+    foreign = raw_file_name(topic, 0, 0, DAY)
     theirs = b"".join(json.dumps({"index": 10_000 + i, "from": "msk-connect"}).encode() + b"\n"
                       for i in range(150))
     lake.write_bytes(foreign, theirs)
@@ -312,7 +318,7 @@ def test_another_writers_file_is_never_replaced(kafka, lake):
 def test_own_uncommitted_file_of_a_shorter_run_is_extended(kafka, lake):
     topic, group = _unique("sink-extend"), _unique("g")
     _produce_rows(kafka, topic, {0: 30})
-    path = raw_file_name(topic, 0, 0)
+    path = raw_file_name(topic, 0, 0, DAY)
     consumer = kafka.consumer(_unique("peek"))
     consumer.assign([TopicPartition(topic, 0, 0)])
     first_ten = [m.value() for m in consumer.consume(num_messages=10, timeout=10)]
@@ -332,7 +338,7 @@ def test_records_that_arrive_during_the_run_wait_for_the_next(kafka, lake):
 
     def produce_more(path: str, records: int) -> None:
         for i in range(20):
-            producer.produce(topic, value=json.dumps({"index": 1000 + i}).encode(), partition=0)
+            producer.produce(topic, value=json.dumps({"index": 1000 + i}).encode(), partition=0, timestamp=POSTED_MS)
         producer.flush(30)
 
     first = sink_topics(kafka, lake, [topic], group, max_records_per_file=25, on_file_written=produce_more)
@@ -340,3 +346,29 @@ def test_records_that_arrive_during_the_run_wait_for_the_next(kafka, lake):
     second = sink_topics(kafka, lake, [topic], group)
     assert second[topic]["records"] == 40  # both files' worth of later records, once
     assert len(_read_lines(lake, topic)) == 90
+
+
+def test_records_are_filed_under_the_day_of_their_timestamp_with_an_index(kafka, lake):
+    """A partition whose records change day starts a new file in the new day's folder; each file's index
+    holds every line's md5, Kafka timestamp and offset, in order."""
+    topic, group = _unique("sink-days"), _unique("g")
+    kafka.ensure_topics([topic], partitions=1)
+    producer = kafka.producer()
+    next_day_ms = POSTED_MS + 86_400_000
+    stamps = [POSTED_MS, POSTED_MS + 1, next_day_ms, next_day_ms + 5, POSTED_MS + 2]
+    for i, ts in enumerate(stamps):
+        producer.produce(topic, value=json.dumps({"index": i}).encode(), partition=0, timestamp=ts)
+    assert producer.flush(60) == 0
+
+    result = sink_topics(kafka, lake, [topic], group)
+
+    nxt = DAY + datetime.timedelta(days=1)
+    assert result[topic]["paths"] == [raw_file_name(topic, 0, 0, DAY), raw_file_name(topic, 0, 2, nxt),
+                                      raw_file_name(topic, 0, 4, DAY)]
+    assert [f.path for f in read_raw_files(lake, topic)] == result[topic]["paths"]  # by partition, offset
+    for path, offsets in zip(result[topic]["paths"], [(0, 1), (2, 3), (4,)], strict=True):
+        lines = lake.read_bytes(path).splitlines()
+        index = [json.loads(line) for line in lake.read_bytes(raw_index_name(path)).splitlines()]
+        assert [json.loads(line)["index"] for line in lines] == list(offsets)
+        assert index == [{"h": hashlib.md5(line).hexdigest(), "t": stamps[o], "o": o}
+                         for line, o in zip(lines, offsets, strict=True)]

@@ -266,9 +266,10 @@ def test_batch_and_stream_jobs_quarantine_the_same_records_alike(spark, tmp_path
         path = lake / contract.raw_file_name(topic, 0, 0)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"".join(v + b"\n" for _, k, v in corpus if k == kind))
-        files[kind] = [{"uri": str(path), "path": str(path), "size": path.stat().st_size, "topic": topic}]
+        files[kind] = [{"uri": str(path), "path": str(path.relative_to(lake)), "size": path.stat().st_size,
+                        "topic": topic, "day": "2024-01-01", "index_uri": None}]
     result = batch_jobs.clean_batch(spark, {"tables_root": str(lake / "tables"),
-                                            "manifest_uri": str(lake / "_manifests" / "batch"), "files": files})
+                                            "versions_root": str(lake / "_manifests" / "latest"), "files": files})
 
     stats = stream_job.StreamStats()
     for kind in contract.EVENT_KINDS:
