@@ -10,6 +10,8 @@ pyarrow); and the cost of an incremental run that adds 1% new events, as a ratio
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import sys
 import tempfile
 import time
@@ -31,70 +33,128 @@ def pyarrow_floor(lake_root: Path, paths: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def post_rows(kafka, db: str, prefix: str, first: int, count: int, posted_at: dt.datetime | None) -> None:
+    """Post source events first..first+count-1 straight to Kafka (as a plain client would), stamped posted_at."""
+    import json
+
+    import sqlalchemy as sa
+
+    from pinterest_platform import contract
+    from pinterest_platform.datagen import source_engine, source_tables
+
+    engine = source_engine(db)
+    tables = source_tables(sa.MetaData())
+    producer = kafka.producer()
+    stamp = None if posted_at is None else int(posted_at.timestamp() * 1000)
+    with engine.connect() as conn:
+        for kind in contract.EVENT_KINDS:
+            name = contract.SOURCE_TABLE_OF[kind]
+            table = tables[name]
+            key = table.c[contract.SOURCE_KEY[name]]
+            rows = conn.execute(sa.select(table).where(key >= first, key < first + count).order_by(key))
+            topic = contract.topic_name(prefix, kind)
+            for row in rows:
+                value = json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                                    for k, v in row._mapping.items()}).encode()
+                if stamp is None:
+                    producer.produce(topic, value)
+                else:
+                    producer.produce(topic, value, timestamp=stamp)
+                producer.poll(0)
+    assert producer.flush(120) == 0
+    engine.dispose()
+
+
+class Batch:
+    """One lake and topic prefix, run the way the assets run: land (sink + pending days), clean the pending
+    days (per-day bookkeeping), analytics."""
+
+    def __init__(self, work: Path, name: str):
+        from pinterest_platform import contract
+        from pinterest_platform.resources.kafka import LocalKafkaResource
+        from pinterest_platform.resources.lake import LocalLakeResource
+        from pinterest_platform.resources.spark import local_spark_session
+
+        self.prefix = f"bench{uuid.uuid4().hex[:6]}"
+        self.lake_root = work / f"lake-{name}"
+        self.lake = LocalLakeResource(root=str(self.lake_root))
+        self.kafka = LocalKafkaResource()
+        self.kafka.ensure_topics([contract.topic_name(self.prefix, k) for k in contract.EVENT_KINDS])
+        self.spark = local_spark_session()
+        self.topics = [contract.topic_name(self.prefix, k) for k in contract.EVENT_KINDS]
+
+    def run(self) -> dict:
+        from pinterest_platform.assets.batch import clean_days, land
+        from pinterest_platform.ingestion.raw_days import pending_days
+        from pinterest_platform.jobs import batch as jobs
+
+        with measure() as sink:
+            land(self.kafka, self.lake, self.topics, group_id=f"{self.prefix}-sink")
+        with measure() as cleaning:
+            days = pending_days(self.lake, self.topics)
+            counts, _ = clean_days(self.lake, lambda job, params: getattr(jobs, job)(self.spark, params), days,
+                                   prefix=self.prefix, log=lambda _line: None)
+        with measure() as stats:
+            jobs.analytics(self.spark, {"tables_root": self.lake.uri("tables"), "preview_rows": 0})
+        return {"sink": sink, "clean": cleaning, "analytics": stats, "counts": counts, "days": days}
+
+
 def run_size(events: int, work: Path) -> dict:
     from pinterest_platform import contract
     from pinterest_platform.datagen import seed_source_database
     from pinterest_platform.ingestion.emulator import emulate
-    from pinterest_platform.ingestion.raw_sink import read_raw_files, sink_topics
-    from pinterest_platform.jobs.batch import analytics, clean_batch
-    from pinterest_platform.resources.kafka import LocalKafkaResource
-    from pinterest_platform.resources.lake import LocalLakeResource
-    from pinterest_platform.resources.spark import local_spark_session
+    from pinterest_platform.ingestion.raw_sink import read_raw_files
 
-    prefix = f"bench{uuid.uuid4().hex[:6]}"
     db = f"sqlite:///{work / f'source-{events}.db'}"
-    lake_root = work / f"lake-{events}"
-    lake = LocalLakeResource(root=str(lake_root))
-    kafka = LocalKafkaResource()
-    spark = local_spark_session()
-    topics = [contract.topic_name(prefix, k) for k in contract.EVENT_KINDS]
+    batch = Batch(work, str(events))
     full_events = events
     extra = max(1, events // 100)
     seed_source_database(db, full_events + extra, seed=1, progress=False)
 
     def post(limit, resume):
-        emulate(db, mode="batch", kafka=kafka, kinesis=None, prefix=prefix, limit=limit,
+        emulate(db, mode="batch", kafka=batch.kafka, kinesis=None, prefix=batch.prefix, limit=limit,
                 cursor_path=work / f"cursor-{events}.json", resume=resume, progress=False)
 
-    def new_files(done: set):
-        out = {}
-        for kind, topic in zip(contract.EVENT_KINDS, topics):
-            out[kind] = [{"uri": lake.uri(f.path), "path": f.path, "size": f.size, "topic": topic}
-                         for f in read_raw_files(lake, topic) if (f.path, f.size) not in done]
-        return out
-
-    def pipeline(done: set):
-        with measure() as sink:
-            sink_topics(kafka, lake, topics, group_id=f"{prefix}-sink")
-        files = new_files(done)
-        params = {"tables_root": lake.uri("tables"), "manifest_uri": lake.uri("_manifests/raw_files"), "files": files}
-        with measure() as cleaning:
-            counts = clean_batch(spark, params)
-        with measure() as stats:
-            analytics(spark, {"tables_root": lake.uri("tables"), "preview_rows": 0})
-        done.update((f["path"], f["size"]) for fs in files.values() for f in fs)
-        return sink, cleaning, stats, counts, files
-
     post(full_events, resume=False)
-    done: set = set()
-    sink, cleaning, stats, counts, files = pipeline(done)
-    floor = pyarrow_floor(lake_root, [f["path"] for fs in files.values() for f in fs])
+    full = batch.run()
+    paths = [f.path for t in batch.topics for f in read_raw_files(batch.lake, t)]
+    floor = pyarrow_floor(batch.lake_root, paths)
     post(extra, resume=True)  # 1% new events after the cursor
-    inc_sink, inc_clean, inc_stats, _, _ = pipeline(done)
+    inc = batch.run()
     records = 3 * full_events
-    full = sink.seconds + cleaning.seconds + stats.seconds
-    incremental = inc_sink.seconds + inc_clean.seconds + inc_stats.seconds
+    full_s = sum(full[k].seconds for k in ("sink", "clean", "analytics"))
+    inc_s = sum(inc[k].seconds for k in ("sink", "clean", "analytics"))
     return {
-        "events": events, "records": records,
-        "sink": sink, "clean": cleaning, "analytics": stats,
-        "floor_s": floor, "full_s": full, "incremental_s": incremental,
-        "inc_clean_s": inc_clean.seconds, "upserted": sum(counts[k]["upserted"] for k in contract.EVENT_KINDS),
+        "events": events, "records": records, **{k: full[k] for k in ("sink", "clean", "analytics")},
+        "floor_s": floor, "full_s": full_s, "incremental_s": inc_s, "inc": inc,
+        "upserted": sum(full["counts"][k]["upserted"] for k in contract.EVENT_KINDS),
     }
+
+
+def history_ratio(work: Path, history_days: int, per_day: int) -> dict:
+    """The run that cleans one new day, on a lake with 1 day of history and on one with `history_days`: the
+    sink and cleaning must cost the same (the analytics read every day by definition: shown apart)."""
+    from pinterest_platform.datagen import seed_source_database
+
+    db = f"sqlite:///{work / 'source-history.db'}"
+    seed_source_database(db, (history_days + 1) * per_day, seed=2, progress=False)
+    today = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    out = {}
+    for days in (1, history_days):
+        batch = Batch(work, f"history-{days}")
+        for n in range(days):
+            post_rows(batch.kafka, db, batch.prefix, 1 + n * per_day, per_day, today - dt.timedelta(days=days - n))
+        batch.run()
+        post_rows(batch.kafka, db, batch.prefix, 1 + history_days * per_day, per_day, today)
+        out[days] = batch.run()
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--history-days", type=int, default=30)
+    parser.add_argument("--events-per-day", type=int, default=2000)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
@@ -107,6 +167,9 @@ def main() -> int:
         for events in sizes:
             print(f"running {events} events ...", flush=True)
             results.append(run_size(events, Path(tmp)))
+        print(f"running one new day after 1 and {args.history_days} days of history "
+              f"({args.events_per_day} events a day) ...", flush=True)
+        history = history_ratio(Path(tmp), args.history_days, args.events_per_day)
     rows = []
     for r in results:
         for step in ("sink", "clean", "analytics"):
@@ -121,6 +184,20 @@ def main() -> int:
                for r in results]
     print(table(summary, ["events", "pyarrow floor s", "clean/floor", "incremental +1% s", "full s",
                           "incremental/full"]))
+    print()
+    one, many = history[1], history[args.history_days]
+    hist_rows = [[f"{d} day(s)", f"{h['sink'].seconds:.2f}", f"{h['clean'].seconds:.2f}", f"{h['analytics'].seconds:.2f}"]
+                 for d, h in ((1, one), (args.history_days, many))]
+    print(table(hist_rows, ["history", "sink s", "clean s (one new day)", "analytics s (all days)"]))
+    new_day_ratio = ((many["sink"].seconds + many["clean"].seconds) / (one["sink"].seconds + one["clean"].seconds))
+    print(f"one new day, sink + clean, {args.history_days} days of history / 1 day: {new_day_ratio:.2f}")
+    largest = results[-1]
+    ratios = {f"clean_over_floor_{r['events']}": round(r["clean"].seconds / r["floor_s"], 2) for r in results}
+    ratios.update({f"incremental_over_full_{largest['events']}": round(largest["incremental_s"] / largest["full_s"], 3),
+                   f"new_day_{args.history_days}d_over_1d": round(new_day_ratio, 3)})
+    print(json.dumps({"bench": "batch", "ratios": ratios,
+                      "peak_rss_mb": {str(r["events"]): round(max(r[s].peak_rss_mb for s in ("sink", "clean", "analytics")))
+                                      for r in results}}))
     return 0
 
 

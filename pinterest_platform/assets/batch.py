@@ -11,6 +11,7 @@ has a new Delta version. When an `ind` arrives more than once, its row holds the
 import datetime
 import json
 import time
+from collections.abc import Callable
 
 import dagster as dg
 from pydantic import Field
@@ -86,6 +87,22 @@ def _day_counts(lake: LakeResource, topic: str, days: list[datetime.date],
     return out
 
 
+def land(kafka: KafkaResource, lake: LakeResource, topics: list[str], group_id: str = SINK_CONSUMER_GROUP,
+         **sink_options) -> dict[str, dict]:
+    """The raw sink, marking each day it writes a file to as pending (for cleaning) before the file's
+    offsets are committed, so a day with files is never missing from the pending days."""
+    from pinterest_platform.ingestion.raw_sink import day_of_raw_path, sink_topics
+
+    marked: set[tuple[str, str]] = set()
+    topic_of_path = {f"{contract.TOPICS_DIR}/{t}/": t for t in topics}
+
+    def mark_day(path: str, _records: int) -> None:
+        topic = next(t for prefix, t in topic_of_path.items() if path.startswith(prefix))
+        add_pending_day(lake, topic, day_of_raw_path(path), marked)
+
+    return sink_topics(kafka, lake, topics, group_id=group_id, on_file_written=mark_day, **sink_options)
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -103,24 +120,15 @@ def _day_counts(lake: LakeResource, topic: str, days: list[datetime.date],
 )
 def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lake: LakeResource):
     """Sink new Kafka records to topic files under their day's folder (file first, then offsets)."""
-    from pinterest_platform.ingestion.raw_sink import day_of_raw_path, flat_raw_files, sink_topics
+    from pinterest_platform.ingestion.raw_sink import day_of_raw_path, flat_raw_files
 
     topics = {kind: contract.topic_name(PREFIX, kind) for kind in contract.EVENT_KINDS}
     lake.check_access(write=True)  # a missing bucket or permission fails here, before a record is consumed
     started = time.monotonic()
-    marked: set[tuple[str, str]] = set()
-    topic_of_path = {f"{contract.TOPICS_DIR}/{t}/": t for t in topics.values()}
-
-    def mark_day(path: str, _records: int) -> None:
-        # before the offsets are committed: a day with files is never missing from the pending days
-        topic = next(t for prefix, t in topic_of_path.items() if path.startswith(prefix))
-        add_pending_day(lake, topic, day_of_raw_path(path), marked)
-
-    report = sink_topics(kafka, lake, list(topics.values()), group_id=SINK_CONSUMER_GROUP,
-                         max_records_per_file=load_settings().raw_flush_size, log=context.log.info,
-                         on_file_written=mark_day,
-                         # on the terminal of `run batch` (compute logs in the UI) whatever the log level
-                         progress=lambda line: print(line, flush=True))
+    report = land(kafka, lake, list(topics.values()), max_records_per_file=load_settings().raw_flush_size,
+                  log=context.log.info,
+                  # on the terminal of `run batch` (compute logs in the UI) whatever the log level
+                  progress=lambda line: print(line, flush=True))
     run_days = days_of_keys(context.partition_keys)
     for kind, topic in topics.items():
         sunk = report.get(topic, {})
@@ -168,14 +176,15 @@ class CleaningConfig(dg.Config):
                     "damaged or the cleaning rules changed.")
 
 
-def files_to_clean(lake: LakeResource, days: list[datetime.date], reprocess: bool = False) -> dict[str, list[dict]]:
+def files_to_clean(lake: LakeResource, days: list[datetime.date], reprocess: bool = False,
+                   prefix: str = PREFIX) -> dict[str, list[dict]]:
     """Per kind, the raw files of `days` to clean (all of them with `reprocess`, else those not cleaned yet),
     found by listing only those days' folders (and the topic's flat-layout files, another sink's)."""
     from pinterest_platform.ingestion.raw_sink import flat_raw_files, raw_files_of_day
 
     files: dict[str, list[dict]] = {}
     for kind in contract.EVENT_KINDS:
-        topic = contract.topic_name(PREFIX, kind)
+        topic = contract.topic_name(prefix, kind)
         flat = flat_raw_files(lake, topic)
         files[kind] = []
         for day in days:
@@ -189,6 +198,39 @@ def files_to_clean(lake: LakeResource, days: list[datetime.date], reprocess: boo
                                     "day": day.isoformat(), "modified": f.modified,
                                     "index_uri": lake.uri(index) if index in indexed else None})
     return files
+
+
+def clean_days(lake: LakeResource, run_job: Callable[[str, dict], dict], days: list[datetime.date],
+               reprocess: bool = False, prefix: str = PREFIX, log: Callable[[str], None] = print,
+               ) -> tuple[dict[str, dict], dict[str, int]]:
+    """Clean the raw files of `days` (`run_job(name, params)` runs a Spark job of jobs/batch.py), then record
+    them as processed and the days as no longer pending. Returns the job's counts per kind and the records
+    of the cleaned files per kind, counted on their bytes."""
+    files = files_to_clean(lake, days, reprocess=reprocess, prefix=prefix)
+    new = sum(len(v) for v in files.values())
+    log(f"{new} raw files to clean in {len(days)} day(s) {days[0]}..{days[-1]}: "
+        + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
+    raw_lines = {}
+    for kind, kind_files in files.items():
+        topic = contract.topic_name(prefix, kind)
+        total = 0
+        for day in sorted({f["day"] for f in kind_files}):
+            of_day = [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day]
+            total += sum(line_counts(lake, topic, datetime.date.fromisoformat(day), of_day).values())
+        raw_lines[kind] = total
+    if new:
+        counts = run_job("clean_batch", {"tables_root": lake.uri(contract.TABLES_DIR),
+                                         "versions_root": lake.uri(VERSIONS_ROOT), "files": files})
+    else:
+        counts = {kind: {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
+                         "quarantined": 0, "table_rows": 0, "quarantine_rows": 0} for kind in contract.EVENT_KINDS}
+    # after the tables: a crash before this only means the same files are cleaned again, which changes nothing
+    for kind, kind_files in files.items():
+        for day in sorted({f["day"] for f in kind_files}):
+            record_processed(lake, kind, datetime.date.fromisoformat(day),
+                             [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day])
+    clear_pending_days(lake, [contract.topic_name(prefix, k) for k in contract.EVENT_KINDS], days)
+    return counts, raw_lines
 
 
 def conservation_check(kind: str, counts: dict, raw_lines: int) -> dg.AssetCheckResult:
@@ -236,31 +278,8 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
     """Clean the raw files of the run's days and upsert them by ind (latest posted wins; bad records to quarantine)."""
     lake.check_access(write=True)
     days = days_of_keys(context.partition_keys)
-    files = files_to_clean(lake, days, reprocess=config.reprocess)
-    new = sum(len(v) for v in files.values())
-    context.log.info(f"{new} raw files to clean in {len(days)} day(s) {days[0]}..{days[-1]}: "
-                     + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
-    raw_lines = {}
-    for kind, kind_files in files.items():
-        topic = contract.topic_name(PREFIX, kind)
-        total = 0
-        for day in sorted({f["day"] for f in kind_files}):
-            of_day = [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day]
-            total += sum(line_counts(lake, topic, datetime.date.fromisoformat(day), of_day).values())
-        raw_lines[kind] = total
-    if new:
-        counts = spark.run_job(context, "clean_batch", {
-            "tables_root": lake.uri(contract.TABLES_DIR), "versions_root": lake.uri(VERSIONS_ROOT), "files": files,
-        })
-    else:
-        counts = {kind: {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
-                         "quarantined": 0, "table_rows": 0, "quarantine_rows": 0} for kind in contract.EVENT_KINDS}
-    # after the tables: a crash before this only means the same files are cleaned again, which changes nothing
-    for kind, kind_files in files.items():
-        for day in sorted({f["day"] for f in kind_files}):
-            record_processed(lake, kind, datetime.date.fromisoformat(day),
-                             [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day])
-    clear_pending_days(lake, [contract.topic_name(PREFIX, k) for k in contract.EVENT_KINDS], days)
+    counts, raw_lines = clean_days(lake, lambda job, params: spark.run_job(context, job, params), days,
+                                   reprocess=config.reprocess, log=context.log.info)
     options = lake.storage_options()
     for kind in contract.EVENT_KINDS:
         uri = lake.table_uri(kind)

@@ -18,8 +18,8 @@ silently; the run stops after that page so that a resume re-posts it.
 current UTC time of day of the moment it is produced, to replay history and test backfills: the raw sink
 files a record under the UTC day of its Kafka timestamp. Kinesis cannot be given an arrival time
 (approximateArrivalTimestamp is set by the service) and REST Proxy v2 has no timestamp field, so both are
-refused. Such a replay keeps its own cursor (`default_cursor_path(..., posted_at=...)`), so the same events can
-be posted again for another day, and an interrupted replay resumes where it stopped.
+refused. The cursor is the same whatever the day: `--limit N --posted-at D1`, then `--resume --limit N
+--posted-at D2` posts the next N events on the next day, which is how history is replayed day by day.
 """
 
 from __future__ import annotations
@@ -785,20 +785,11 @@ def write_cursor(path: Path, last_key: int, **info: Any) -> None:
         raise
 
 
-def default_cursor_path(state_dir: Path, prefix: str, mode: str, posted_at: _dt.date | None = None) -> Path:
+def default_cursor_path(state_dir: Path, prefix: str, mode: str) -> Path:
     """Where the CLI and the asset keep the cursor: one per prefix and mode (the destinations), whatever the
-    transport, so a run resumed over HTTP continues one started direct and vice versa. A `posted_at` replay
-    has one per day: it neither skips events another day (or the live run) acknowledged nor moves their
-    cursor."""
-    suffix = f"-posted-{posted_at.isoformat()}" if posted_at is not None else ""
-    return Path(state_dir) / "emulator" / f"cursor-{prefix}-{mode}{suffix}.json"
-
-
-def _cursor_posted_at(path: Path | None) -> str | None:
-    """The posted_at day a cursor file was written for (None: a live run, or no file)."""
-    if path is None or not Path(path).exists():
-        return None
-    return json.loads(Path(path).read_text()).get("posted_at")
+    transport (a run resumed over HTTP continues one started direct and vice versa) and whatever day the
+    records were stamped with (a resumed replay posts the next events, on its own day)."""
+    return Path(state_dir) / "emulator" / f"cursor-{prefix}-{mode}.json"
 
 
 def check_posted_at(posted_at: _dt.date, mode: str, via: str, today: _dt.date | None = None) -> None:
@@ -911,18 +902,6 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
         if isinstance(posted_at, _dt.datetime) or not isinstance(posted_at, _dt.date):
             raise ValueError(f"posted_at {posted_at!r}: expected a datetime.date")
         check_posted_at(posted_at, mode, via)
-    if resume and cursor_path is not None and Path(cursor_path).is_file():
-        # a cursor counts for the day it was written for: resuming another day's (or the live run's) cursor
-        # would skip the events it acknowledged, which this replay has not posted
-        stored = _cursor_posted_at(cursor_path)
-        wanted = posted_at.isoformat() if posted_at is not None else None
-        if stored != wanted:
-            written = f"with posted_at {stored}" if stored else "without posted_at"
-            resumed = f"with posted_at {wanted}" if wanted else "without posted_at"
-            raise ValueError(
-                f"cursor {cursor_path} was written by a run {written}; resuming it {resumed} would skip the "
-                f"events that run acknowledged: use the day's own cursor (default_cursor_path(..., "
-                f"posted_at=...)) or do not resume")
     want_kafka, want_kinesis = mode in ("batch", "both"), mode in ("stream", "both")
 
     # destinations exist before anything is sent
@@ -1061,7 +1040,7 @@ def emulate_command(args) -> int:
         if kafka is None and mode in ("batch", "both"):
             print("error: KAFKA_BOOTSTRAP_SERVERS is required for the aws profile", flush=True)
             return 2
-    cursor = default_cursor_path(settings.state_dir, settings.topic_prefix, mode, posted_at=posted_at)
+    cursor = default_cursor_path(settings.state_dir, settings.topic_prefix, mode)
     print(f"posting events from {mask_url(settings.source_db_url)} (prefix {settings.topic_prefix!r})",
           flush=True)
     try:

@@ -146,6 +146,10 @@ share.coordinator.state.topic.min.isr=1
 # no other member is coming: a new consumer group should not wait 3 s for one
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
+# Kafka deletes records by their timestamp: with the default 7 days, history replayed with
+# `emulate --posted-at` (an older day) would be deleted before the sink reads it. A laptop's stack keeps
+# everything (its data lives in the stack folder, .pinterest/stack).
+log.retention.ms=-1
 """
 
 

@@ -653,46 +653,28 @@ def test_posted_at_runs_keep_their_order_and_clamp_at_the_days_end(source, kafka
     assert second.count(end) > 1, "records produced after midnight are clamped to the day's last millisecond"
 
 
-def test_posted_at_replays_have_their_own_resume_cursor(source, kafka, tmp_path):
+def test_resume_continues_after_the_last_event_whatever_day_it_was_stamped(source, kafka, tmp_path):
+    """History is replayed day by day: the next events, on the next day, from the one cursor."""
     import datetime as dt
 
     url, _, expected = source
     keys = sorted(expected["pin"])
     prefix = unique_prefix()
-    day, other_day = utc_today() - dt.timedelta(days=2), utc_today() - dt.timedelta(days=1)
-    live_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch")
-    day_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch", posted_at=day)
-    other_cursor = emulator.default_cursor_path(tmp_path, prefix, "batch", posted_at=other_day)
-    assert len({live_cursor, day_cursor, other_cursor}) == 3
+    day, next_day = utc_today() - dt.timedelta(days=2), utc_today() - dt.timedelta(days=1)
+    cursor = emulator.default_cursor_path(tmp_path, prefix, "batch")
 
-    live = emulate(url, "batch", kafka, None, prefix, limit=100, cursor_path=live_cursor, progress=False)
-    assert live.ok and read_cursor(live_cursor) == keys[99]
-
-    # a replay without resume posts from the start, as a live run does, and leaves the live cursor alone
-    replay = emulate(url, "batch", kafka, None, prefix, limit=30, posted_at=day, cursor_path=day_cursor,
-                     progress=False, page_size=10)
-    assert replay.ok and replay.first_key == keys[0] and read_cursor(day_cursor) == keys[29]
-    assert read_cursor(live_cursor) == keys[99]
-    # resuming the replay continues after its own acknowledged events
-    rest = emulate(url, "batch", kafka, None, prefix, limit=20, posted_at=day, cursor_path=day_cursor,
+    first = emulate(url, "batch", kafka, None, prefix, limit=30, posted_at=day, cursor_path=cursor, progress=False)
+    assert first.ok and first.first_key == keys[0] and read_cursor(cursor) == keys[29]
+    rest = emulate(url, "batch", kafka, None, prefix, limit=20, posted_at=next_day, cursor_path=cursor,
                    resume=True, progress=False)
-    assert rest.ok and rest.first_key == keys[30] and read_cursor(day_cursor) == keys[49]
-    # another day, resumed, starts from the beginning: nothing acknowledged for that day yet
-    other = emulate(url, "batch", kafka, None, prefix, limit=5, posted_at=other_day, cursor_path=other_cursor,
-                    resume=True, progress=False)
-    assert other.ok and other.first_key == keys[0]
-    # a cursor resumed for another day than it was written for would skip events: refused
-    with pytest.raises(ValueError, match="would skip"):
-        emulate(url, "batch", kafka, None, prefix, posted_at=other_day, cursor_path=day_cursor, resume=True,
-                progress=False)
-    with pytest.raises(ValueError, match="would skip"):
-        emulate(url, "batch", kafka, None, prefix, posted_at=day, cursor_path=live_cursor, resume=True,
-                progress=False)
-    with pytest.raises(ValueError, match="would skip"):
-        emulate(url, "batch", kafka, None, prefix, cursor_path=day_cursor, resume=True, progress=False)
-    # the live run resumes as before
-    assert emulate(url, "batch", kafka, None, prefix, limit=1, cursor_path=live_cursor, resume=True,
-                   progress=False).first_key == keys[100]
+    assert rest.ok and rest.first_key == keys[30] and read_cursor(cursor) == keys[49]
+    live = emulate(url, "batch", kafka, None, prefix, limit=1, cursor_path=cursor, resume=True, progress=False)
+    assert live.first_key == keys[50]
+    stamps = [ts for _, _, ts in produce_order(kafka, prefix)]
+    # 3 topics: 30 events on the first day, 20 on the next, 1 now
+    assert sum(day_start_ms(day) <= ts < day_start_ms(day) + DAY_MS for ts in stamps) == 90
+    assert sum(day_start_ms(next_day) <= ts < day_start_ms(next_day) + DAY_MS for ts in stamps) == 60
+    assert sum(ts >= day_start_ms(utc_today()) for ts in stamps) == 3
 
 
 def test_posted_at_needs_topics_that_keep_such_timestamps(source, kafka):
@@ -701,11 +683,6 @@ def test_posted_at_needs_topics_that_keep_such_timestamps(source, kafka):
     from confluent_kafka.admin import NewTopic
 
     url, _, _ = source
-    # default topics keep 7 days (retention.ms, by record timestamp): a month-old day would be deleted
-    prefix = unique_prefix()
-    with pytest.raises(ValueError, match="retention.ms"):
-        emulate(url, "batch", kafka, None, prefix, limit=5, posted_at=utc_today() - dt.timedelta(days=30),
-                progress=False)
 
     def create(prefix: str, config: dict) -> None:
         admin = kafka.admin()   # referenced until the answers are in
@@ -714,6 +691,14 @@ def test_posted_at_needs_topics_that_keep_such_timestamps(source, kafka):
              for k in EVENT_KINDS], operation_timeout=30)
         for future in futures.values():
             future.result(30)
+
+    # Kafka's default topics keep 7 days (retention.ms, by record timestamp; the local stack's broker keeps
+    # everything): a month-old day would be deleted
+    prefix = unique_prefix()
+    create(prefix, {"retention.ms": str(7 * DAY_MS)})
+    with pytest.raises(ValueError, match="retention.ms"):
+        emulate(url, "batch", kafka, None, prefix, limit=5, posted_at=utc_today() - dt.timedelta(days=30),
+                progress=False)
 
     # topics kept forever take history: records of a 2019 day
     history = unique_prefix()
@@ -770,7 +755,7 @@ def test_cli_posted_at_refusals_exit_2(capsys):
         assert "argument --posted-at" in err and says in err
 
 
-def test_cli_posted_at_posts_with_that_days_cursor(source, kafka, monkeypatch, capsys):
+def test_cli_posted_at_posts_and_keeps_the_cursor(source, kafka, monkeypatch, capsys):
     import datetime as dt
 
     from pinterest_platform.cli import main
@@ -783,9 +768,8 @@ def test_cli_posted_at_posts_with_that_days_cursor(source, kafka, monkeypatch, c
     day = utc_today() - dt.timedelta(days=2)
     assert main(["emulate", "--mode", "batch", "--limit", "5", "--posted-at", day.isoformat(), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert f"Kafka record timestamps: {day.isoformat()}" in out and f"-posted-{day.isoformat()}.json" in out
+    assert f"Kafka record timestamps: {day.isoformat()}" in out
     state = load_settings().state_dir
-    assert read_cursor(emulator.default_cursor_path(state, prefix, "batch", posted_at=day)) is not None
-    assert not emulator.default_cursor_path(state, prefix, "batch").exists()
+    assert read_cursor(emulator.default_cursor_path(state, prefix, "batch")) is not None
     stamps = [ts for _, _, ts in produce_order(kafka, prefix)]
     assert len(stamps) == 15 and all(day_start_ms(day) <= ts < day_start_ms(day) + DAY_MS for ts in stamps)
