@@ -282,3 +282,16 @@ def test_a_second_process_refuses_while_the_first_holds_the_lane(home, instance)
     assert out == "released\n"
     with batch_lane(instance):  # the lock went with the first process's lane
         pass
+
+
+def test_run_batch_refuses_with_exit_3_while_a_batch_run_is_in_progress(instance, home, tmp_path):
+    """The user's command: a UI or daemon batch run is going, `run batch` says which and starts nothing."""
+    running = add_run(instance, dg.DagsterRunStatus.STARTED)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PINTEREST_ENV": "local",
+           "PINTEREST_LAKE_ROOT": str(tmp_path / "lake"), "PINTEREST_STATE_DIR": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "pinterest_platform.cli", "run", "batch"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert running.run_id in result.stderr and "never overlap" in result.stderr
+    assert "landing" not in result.stdout
+    assert [r.run_id for r in instance.get_runs()] == [running.run_id]  # no run of its own

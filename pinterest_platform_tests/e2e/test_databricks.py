@@ -10,6 +10,7 @@ This module starts a stack of its own (Kafka + moto), so its topics hold only wh
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -126,8 +127,10 @@ def posted(stack, tmp_path_factory):
 @pytest.fixture(scope="module")
 def batch_run(workspace, deployed, posted):
     instance = dg.DagsterInstance.ephemeral()
+    # the events were posted now: they are today's partition
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
     result = dg.materialize(
-        [*batch.BATCH_ASSETS, *checks.BATCH_CHECKS], instance=instance, raise_on_error=False,
+        [*batch.BATCH_ASSETS, *checks.BATCH_CHECKS], instance=instance, raise_on_error=False, partition_key=today,
         resources={"kafka": posted["kafka"], "lake": posted["lake"], "spark": databricks(workspace, deployed)})
     return {"result": result, "instance": instance}
 

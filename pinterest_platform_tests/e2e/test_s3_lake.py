@@ -120,7 +120,7 @@ def assert_objects_in_bucket(pipeline: dict) -> None:
     raw_lines = 0
     for kind in contract.EVENT_KINDS:
         topic = contract.topic_name(pipeline["prefix"], kind)
-        raw = [k for k in keys if k.startswith(f"lake/topics/{topic}/partition=") and k.endswith(".json")]
+        raw = [k for k in keys if k.startswith(f"lake/topics/{topic}/year=") and k.endswith(".json")]
         assert raw, f"no raw topic files for {topic} in s3://{pipeline['bucket']}"
         for key in raw:
             body = client.get_object(Bucket=pipeline["bucket"], Key=key)["Body"].read().decode()
