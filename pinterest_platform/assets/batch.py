@@ -19,12 +19,15 @@ from pydantic import Field
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import (
     OWNERS,
+    analytics_chart,
+    column_lineage,
     column_schema,
     delta_row_count,
     delta_version,
     markdown_preview,
     table_metadata,
 )
+from pinterest_platform.descriptions import table_description
 from pinterest_platform.ingestion.raw_days import (
     MANIFEST_DIR,
     add_pending_day,
@@ -110,6 +113,7 @@ def land(kafka: KafkaResource, lake: LakeResource, topics: list[str], group_id: 
             owners=OWNERS,
             description=(f"Raw `{contract.topic_name(PREFIX, kind)}` records landed as topic files, one folder per "
                          "ingest day (the UTC day of the Kafka record timestamp), in the Confluent layout."),
+            metadata={"dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind], raw_key(kind))},
         )
         for kind in contract.EVENT_KINDS
     ],
@@ -154,7 +158,7 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
             metadata={
                 # a range's materializations share these figures: the records of all its days
                 "dagster/row_count": dg.MetadataValue.int(sum(r for _, r in in_run.values())),
-                "dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind]),
+                "dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind], raw_key(kind)),
                 "dagster/uri": dg.MetadataValue.path(lake.uri(f"{contract.TOPICS_DIR}/{topic}")),
                 "records_by_day": dg.MetadataValue.json({d.isoformat(): r for d, (_, r) in in_run.items()}),
                 "days_landed_this_run": dg.MetadataValue.json([d.isoformat() for d in written]),
@@ -256,14 +260,17 @@ def conservation_check(kind: str, counts: dict, raw_lines: int) -> dg.AssetCheck
             dg.AssetSpec(
                 cleaned_key(kind), deps=[raw_key(kind)], group_name=CLEANED_GROUP,
                 kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
-                description=f"Cleaned `{kind}` events, one row per ind holding its latest-posted record.",
+                description=table_description(cleaned_key(kind).to_user_string()),
+                metadata={"dagster/column_schema": column_schema(contract.CLEANED_SCHEMAS[kind], cleaned_key(kind)),
+                          "dagster/column_lineage": column_lineage(cleaned_key(kind))},
             )
             for kind in contract.EVENT_KINDS
         ],
         dg.AssetSpec(
             QUARANTINE_KEY, deps=[raw_key(kind) for kind in contract.EVENT_KINDS], group_name=CLEANED_GROUP,
             kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
-            description="Records that could not be cleaned, with their source, reason and raw text.",
+            description=table_description(QUARANTINE_KEY.to_user_string()),
+            metadata={"dagster/column_schema": column_schema(contract.QUARANTINE_SCHEMA, QUARANTINE_KEY)},
         ),
     ],
     check_specs=[dg.AssetCheckSpec("conservation", asset=cleaned_key(kind),
@@ -287,7 +294,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
         yield dg.MaterializeResult(
             asset_key=cleaned_key(kind),
             metadata=table_metadata(
-                contract.CLEANED_SCHEMAS[kind], uri, delta_row_count(uri, options) or 0,
+                contract.CLEANED_SCHEMAS[kind], uri, delta_row_count(uri, options) or 0, table=cleaned_key(kind),
                 days=dg.MetadataValue.json([d.isoformat() for d in days]),
                 new_files=run["files"], records_read=run["read"], rows_upserted=run["upserted"],
                 duplicates_collapsed=run["duplicates"], older_than_table=run.get("older", 0),
@@ -299,6 +306,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
     yield dg.MaterializeResult(
         asset_key=QUARANTINE_KEY,
         metadata=table_metadata(contract.QUARANTINE_SCHEMA, uri, delta_row_count(uri, options) or 0,
+                                table=QUARANTINE_KEY,
                                 quarantined_this_run=sum(counts[k]["quarantined"] for k in contract.EVENT_KINDS)),
     )
 
@@ -312,7 +320,9 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
             analytics_key(name),
             deps=[cleaned_key(k) for k in contract.EVENT_KINDS], group_name=ANALYTICS_GROUP,
             kinds={"spark", "delta"}, owners=OWNERS, automation_condition=ANALYTICS_AUTOMATION,
-            description=f"`{name}` (contract §4).",
+            description=table_description(analytics_key(name).to_user_string()),
+            metadata={"dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name], analytics_key(name)),
+                      "dagster/column_lineage": column_lineage(analytics_key(name))},
         )
         for name in contract.ANALYTICS_TABLES
     ],
@@ -335,7 +345,7 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
         for name in contract.ANALYTICS_TABLES:
             yield dg.MaterializeResult(asset_key=analytics_key(name), metadata={
                 "dagster/row_count": dg.MetadataValue.int(0),
-                "dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name]),
+                "dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name], analytics_key(name)),
                 "note": "no cleaned table yet: nothing to compute"})
         return
     if up_to_date:
@@ -350,8 +360,9 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
         yield dg.MaterializeResult(
             asset_key=analytics_key(name),
             metadata=table_metadata(
-                schema, lake.table_uri(name), results[name]["rows"],
+                schema, lake.table_uri(name), results[name]["rows"], table=analytics_key(name),
                 preview=markdown_preview(results[name]["preview"], schema.fieldNames()),
+                **({"chart": chart} if (chart := analytics_chart(name, results[name]["preview"])) is not None else {}),
                 recomputed=not up_to_date,
                 input_versions=dg.MetadataValue.json(inputs),
             ),

@@ -7,6 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from pinterest_platform.assets.metadata import OWNERS
 from pinterest_platform.contract import EVENT_KINDS, SOURCE_TABLE_OF, stream_name, topic_name
 from pinterest_platform.ingestion.emulator import default_cursor_path, emulate
 from pinterest_platform.resources.kafka import KafkaResource
@@ -27,6 +28,7 @@ KAFKA_TOPIC_SPECS: list[dg.AssetSpec] = [
         deps=[_source_key(kind)],
         group_name="kafka",
         kinds={"kafka"},
+        owners=OWNERS,
         description=f"Kafka topic `{topic_name(_PREFIX, kind)}`: one JSON {SOURCE_TABLE_OF[kind]} row per "
                     "posting event, keyed by ind.",
         metadata={"topic": topic_name(_PREFIX, kind)},
@@ -40,6 +42,7 @@ KINESIS_STREAM_SPECS: list[dg.AssetSpec] = [
         deps=[_source_key(kind)],
         group_name="kinesis",
         kinds={"kinesis"},
+        owners=OWNERS,
         description=f"Kinesis stream `{stream_name(_PREFIX, kind)}`: one JSON {SOURCE_TABLE_OF[kind]} row per "
                     "posting event, partition key ind.",
         metadata={"stream": stream_name(_PREFIX, kind)},
@@ -61,7 +64,7 @@ class PostEventsConfig(dg.Config):
     key=["ingestion", "posted_events"],
     group_name="ingestion",
     kinds={"python", "kafka", "kinesis"},
-    owners=["team:data-platform"],
+    owners=OWNERS,
     deps=[_source_key(kind) for kind in EVENT_KINDS],
 )
 def post_events(context: dg.AssetExecutionContext, config: PostEventsConfig, kafka: KafkaResource,

@@ -14,6 +14,7 @@ from pydantic import Field
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import OWNERS
 from pinterest_platform.datagen.generator import seed_source_database, source_rows_held, source_tables
+from pinterest_platform.descriptions import column_descriptions
 from pinterest_platform.resources.source_db import SourceDatabaseResource, mask_url
 
 SOURCE_GROUP = "source"
@@ -29,8 +30,10 @@ _DESCRIPTIONS = {
 
 def _column_schema(table_name: str) -> dg.TableSchema:
     table = source_tables()[table_name]
+    described = column_descriptions(table_name)  # a source table's columns are its events' wire fields
     return dg.TableSchema(columns=[
-        dg.TableColumn(name=c.name, type=str(c.type), constraints=dg.TableColumnConstraints(nullable=c.nullable))
+        dg.TableColumn(name=c.name, type=str(c.type), description=described.get(c.name),
+                       constraints=dg.TableColumnConstraints(nullable=c.nullable))
         for c in table.columns
     ])
 
