@@ -114,31 +114,51 @@ def read_raw_records(spark, files: list[dict]):
     return records
 
 
-def keep_newer_than_stored(spark, winners, versions_uri: str):
+def keep_newer_than_stored(spark, winners, versions_uri: str, table_uri: str):
     """Rows whose order key is not older than the one the table's row came from: a backfill of an older day
-    never brings back older content (an equal key is the same record: merging it again changes nothing)."""
+    never brings back older content (an equal key is the same record: merging it again changes nothing).
+
+    Adds `_known`: whether the table may already hold the ind (it must be merged) or surely does not (it is
+    appended, which skips MERGE's scan of the table: new events cost what they are, not what the table is).
+    Without a versions table, a table that exists (written before versions were kept) is all `_known`."""
     from pyspark.sql import functions as F
 
     if not _table_exists(spark, versions_uri):
-        return winners
+        return winners.withColumn("_known", F.lit(_table_exists(spark, table_uri)))
     stored = spark.read.format("delta").load(versions_uri).select("ind", _order_key().alias("_stored"))
     return (winners.join(stored, "ind", "left")
-            .where(F.col("_stored").isNull() | (_order_key() >= F.col("_stored"))).drop("_stored"))
+            .where(F.col("_stored").isNull() | (_order_key() >= F.col("_stored")))
+            .withColumn("_known", F.col("_stored").isNotNull()).drop("_stored"))
 
 
-def record_versions(spark, versions_uri: str, winners) -> None:
-    """Remember, per ind, the order key of the record its row holds now."""
+def append_new_rows(spark, uri: str, rows) -> None:
+    """Append rows whose ind the table does not hold (creating the table on the first write)."""
+    with table_write_lock(spark, uri):
+        rows.write.format("delta").mode("append").save(uri)
+
+
+def record_versions(spark, versions_uri: str, winners, new: int, known: int) -> None:
+    """Remember, per ind, the order key of the record its row holds now: `new` inds (`_known` false)
+    appended, `known` ones merged where the key is newer."""
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
-    rows = winners.select("ind", *ORDER_COLUMNS)
+    def keys(where):
+        return winners.where(where).select("ind", *ORDER_COLUMNS)
+
     with table_write_lock(spark, versions_uri):
         if not _table_exists(spark, versions_uri):
-            rows.write.format("delta").mode("errorifexists").save(versions_uri)
+            # the first keys (of a new table, or of one written before versions were kept)
+            keys(F.lit(True)).write.format("delta").mode("append").save(versions_uri)
             return
-        key = "struct(coalesce({0}._day, ''), coalesce({0}._posted_at, -1), coalesce({0}._partition, -1), coalesce({0}._offset, -1))"
-        newer = f"{key.format('s')} > {key.format('t')}"
-        (DeltaTable.forPath(spark, versions_uri).alias("t").merge(rows.alias("s"), "t.ind = s.ind")
-         .whenMatchedUpdateAll(condition=newer).whenNotMatchedInsertAll().execute())
+        if new:
+            keys(~F.col("_known")).write.format("delta").mode("append").save(versions_uri)
+        if known:
+            key = ("struct(coalesce({0}._day, ''), coalesce({0}._posted_at, -1), coalesce({0}._partition, -1), "
+                   "coalesce({0}._offset, -1))")
+            (DeltaTable.forPath(spark, versions_uri).alias("t").merge(keys(F.col("_known")).alias("s"), "t.ind = s.ind")
+             .whenMatchedUpdateAll(condition=f"{key.format('s')} > {key.format('t')}").whenNotMatchedInsertAll()
+             .execute())
 
 
 def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
@@ -178,15 +198,21 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
         read, clean_count = int(tally["read"]), int(tally["clean"])
         quarantined, keys = int(tally["quarantined"]), int(tally["keys"])
         winners = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
-        winners = keep_newer_than_stored(spark, winners, versions_uri).persist()
-        rows = cleaned_rows(kind, winners)
-        upserted = winners.count()
-        if upserted or not _table_exists(spark, table_uri):
-            upsert_by_ind(spark, table_uri, rows, contract.CLEANED_SCHEMAS[kind])
+        # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
+        # a recomputation (an evicted cache block) would judge them again against the new keys
+        winners = keep_newer_than_stored(spark, winners, versions_uri, table_uri).localCheckpoint(eager=True)
+        split = winners.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(F.col("_known"), 1)).alias("known")).first()
+        upserted, known = int(split["all"]), int(split["known"])
         if upserted:
-            # after the table: a crash in between leaves keys that are older than the rows, which only makes
-            # the same records pass again
-            record_versions(spark, versions_uri, winners)
+            # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
+            # records of those inds (the same keys) pass again and are merged, so no ind is appended twice
+            record_versions(spark, versions_uri, winners, upserted - known, known)
+        if upserted > known:
+            append_new_rows(spark, table_uri, cleaned_rows(kind, winners.where(~F.col("_known"))))
+        if known:
+            upsert_by_ind(spark, table_uri, cleaned_rows(kind, winners.where(F.col("_known"))),
+                          contract.CLEANED_SCHEMAS[kind])
+        ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
         if quarantined:
             append_quarantine(spark, quarantine_uri, quarantine_rows(kind, cleaned))
         # counted on the tables as they are now, independently of the counts above: a row that a write lost

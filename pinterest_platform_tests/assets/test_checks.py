@@ -68,10 +68,13 @@ def test_columns_match_contract():
 
 
 def test_conservation_check_balances_and_flags_losses():
-    ok = conservation_check("pin", {"read": 10, "upserted": 6, "duplicates": 3, "quarantined": 1})
+    """Raw records (counted on the files) against the tables' counts: a table short of one row fails."""
+    ok = conservation_check("pin", {"table_rows": 6, "duplicates": 3, "quarantine_rows": 1}, raw_lines=10)
     assert ok.passed and ok.metadata["unaccounted"].value == 0
-    lost = conservation_check("pin", {"read": 10, "upserted": 6, "duplicates": 2, "quarantined": 1})
+    lost = conservation_check("pin", {"table_rows": 5, "duplicates": 3, "quarantine_rows": 1}, raw_lines=10)
     assert not lost.passed and lost.metadata["unaccounted"].value == 1
+    extra = conservation_check("pin", {"table_rows": 6, "duplicates": 3, "quarantine_rows": 2}, raw_lines=10)
+    assert not extra.passed and extra.metadata["unaccounted"].value == -1
 
 
 @pytest.fixture
