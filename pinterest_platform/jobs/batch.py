@@ -114,20 +114,20 @@ def read_raw_records(spark, files: list[dict]):
     return records
 
 
-def keep_newer_than_stored(spark, winners, versions_uri: str, table_uri: str):
-    """Rows whose order key is not older than the one the table's row came from: a backfill of an older day
-    never brings back older content (an equal key is the same record: merging it again changes nothing).
-
-    Adds `_known`: whether the table may already hold the ind (it must be merged) or surely does not (it is
-    appended, which skips MERGE's scan of the table: new events cost what they are, not what the table is).
-    Without a versions table, a table that exists (written before versions were kept) is all `_known`."""
+def judge_against_stored(spark, winners, versions_uri: str, table_uri: str):
+    """`winners` with `_newer`: whether the row's order key is not older than the one the table's row came
+    from (a backfill of an older day never brings back older content; an equal key is the same record, and
+    merging it again changes nothing), and `_known`: whether the table may already hold the ind (it must be
+    merged) or surely does not (it is appended, which skips MERGE's scan of the table: new events cost what
+    they are, not what the table is). Without a versions table, a table that exists (written before
+    versions were kept) is all `_known`."""
     from pyspark.sql import functions as F
 
     if not _table_exists(spark, versions_uri):
-        return winners.withColumn("_known", F.lit(_table_exists(spark, table_uri)))
+        return winners.withColumn("_newer", F.lit(True)).withColumn("_known", F.lit(_table_exists(spark, table_uri)))
     stored = spark.read.format("delta").load(versions_uri).select("ind", _order_key().alias("_stored"))
     return (winners.join(stored, "ind", "left")
-            .where(F.col("_stored").isNull() | (_order_key() >= F.col("_stored")))
+            .withColumn("_newer", F.col("_stored").isNull() | (_order_key() >= F.col("_stored")))
             .withColumn("_known", F.col("_stored").isNotNull()).drop("_stored"))
 
 
@@ -193,16 +193,16 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
         good = cleaned.where(is_clean)
         tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
                             F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
-                            F.count(F.lit(1)).alias("read"),
-                            F.countDistinct(F.when(is_clean, F.col("ind"))).alias("keys")).first()
-        read, clean_count = int(tally["read"]), int(tally["clean"])
-        quarantined, keys = int(tally["quarantined"]), int(tally["keys"])
-        winners = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
+                            F.count(F.lit(1)).alias("read")).first()
+        read, clean_count, quarantined = int(tally["read"]), int(tally["clean"]), int(tally["quarantined"])
+        latest = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
         # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
         # a recomputation (an evicted cache block) would judge them again against the new keys
-        winners = keep_newer_than_stored(spark, winners, versions_uri, table_uri).localCheckpoint(eager=True)
-        split = winners.agg(F.count(F.lit(1)).alias("all"), F.count(F.when(F.col("_known"), 1)).alias("known")).first()
-        upserted, known = int(split["all"]), int(split["known"])
+        judged = judge_against_stored(spark, latest, versions_uri, table_uri).localCheckpoint(eager=True)
+        split = judged.agg(F.count(F.lit(1)).alias("keys"), F.count(F.when(F.col("_newer"), 1)).alias("newer"),
+                           F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
+        keys, upserted, known = int(split["keys"]), int(split["newer"]), int(split["known"])
+        winners = judged.where(F.col("_newer"))
         if upserted:
             # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
             # records of those inds (the same keys) pass again and are merged, so no ind is appended twice
@@ -222,8 +222,7 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
         origins = cleaned.select(F.col("_origin").alias("origin")).distinct()
         quarantine_rows_now = (spark.read.format("delta").load(quarantine_uri).where(F.col("kind") == kind)
                                .join(origins, "origin", "left_semi").count())
-        for df in (cleaned, winners):
-            df.unpersist()
+        cleaned.unpersist()
         results[kind] = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
                          "duplicates": clean_count - keys, "older": keys - upserted, "quarantined": quarantined,
                          "table_rows": table_rows, "quarantine_rows": quarantine_rows_now,
