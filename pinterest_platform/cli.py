@@ -365,10 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     run_batch.add_argument("--to", dest="to_day", type=_day, default=None, metavar="YYYY-MM-DD",
                            help="last day to re-process (default: today)")
     run_batch.add_argument("--log-level", default="WARNING", help="Dagster console log level")
-    run_stream = run_sub.add_parser("stream", help="Kinesis -> Delta with Structured Streaming")
+    run_stream = run_sub.add_parser(
+        "stream", help="Kinesis -> Delta with Structured Streaming",
+        description="Kinesis -> the streaming Delta tables. --available-now materializes the stream_available_now "
+                    "asset in the Dagster instance (a run the UI shows); --continuous streams in this process, "
+                    "outside any Dagster run. Exit 0, 1 when a query failed, 130 when interrupted.")
     mode = run_stream.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--available-now", action="store_true", help="drain what is there and exit")
-    mode.add_argument("--continuous", action="store_true", help="run until stopped (SIGINT/SIGTERM)")
+    mode.add_argument("--available-now", action="store_true",
+                      help="drain what is there and exit: a run of stream_available_now in the Dagster instance")
+    mode.add_argument("--continuous", action="store_true",
+                      help="run until stopped (SIGINT/SIGTERM), in this process: not a Dagster run (the "
+                           "streaming_tables_sensor records the tables' new versions)")
     run_stream.add_argument("--interval", default="5 seconds", help="processing-time trigger interval")
     run_stream.add_argument("--timeout", type=float, default=None, help="stop continuous mode after N seconds")
 

@@ -1,12 +1,20 @@
 """The streaming half in the asset graph: Kinesis -> Spark Structured Streaming -> streaming Delta tables.
 
-- `stream_available_now`: one run of the `stream` Spark job with an availableNow trigger (drains what the
-  streams hold, exactly-once through the per-stream checkpoints). Continuous streaming runs outside
-  Dagster (`pinterest-platform run stream --continuous`, or a Databricks job); either way the tables change.
-- The three streaming tables are external assets (`["streaming", "<prefix>_<kind>_table"]`): whoever
-  writes them, `streaming_tables_sensor` notices their new Delta versions (delta-rs, no JVM), records them
-  as materializations with the commits' metrics, and requests at most one run of the checks of every
-  table that changed, no sooner than `MIN_SECONDS_BETWEEN_RUNS` after the previous one.
+- `stream_available_now`: a multi-asset, one run of the `stream` Spark job with an availableNow trigger
+  (drains what the streams hold, exactly-once through the per-stream checkpoints). It owns
+  `streaming/available_now_run` (the run itself: records, batches, seconds) and the three streaming tables
+  (`["streaming", "<prefix>_<kind>_table"]`), so the graph reads kinesis/<kind> -> available_now_run ->
+  streaming tables and a table's materializations name the run that wrote them. `run stream --available-now`
+  (the CLI) and the UI's "Materialize" both run it through the Dagster instance, with the tables' checks.
+- Continuous streaming runs outside Dagster runs (`pinterest-platform run stream --continuous`, or a
+  Databricks job): a long-running process is not a run. Its commits are recorded by `streaming_tables_sensor`,
+  which reads the tables' new Delta versions (delta-rs, no JVM) and reports them as runtime (runless)
+  materializations of the same keys, with the commits' metrics. Dagster accepts reported events for keys a
+  multi-asset owns as it does for external `AssetSpec`s, so one key per table carries both: the runs'
+  materializations (linked to their run) and the sensor's between runs. A version a run already recorded is
+  not reported again: the sensor starts after the newest version a run materialized (see `_run_versions`),
+  and requests at most one run of the checks of every table that changed otherwise, no sooner than
+  `MIN_SECONDS_BETWEEN_RUNS` after the previous one.
 - Checks read the tables with delta-rs: one row per ind (only the rows written since the version the check
   last passed at, see `_one_row_per_ind_check`), columns as the contract says (the schema only)."""
 
@@ -52,24 +60,43 @@ def streaming_table_key(kind: str) -> dg.AssetKey:
 
 KINESIS_KEYS = {kind: dg.AssetKey(["kinesis", kind]) for kind in contract.EVENT_KINDS}
 TABLE_KINDS = {streaming_table(kind): kind for kind in contract.EVENT_KINDS}
+AVAILABLE_NOW_KEY = dg.AssetKey([STREAMING_GROUP, "available_now_run"])
+
+AVAILABLE_NOW_SPEC = dg.AssetSpec(
+    key=AVAILABLE_NOW_KEY,
+    deps=list(KINESIS_KEYS.values()),
+    group_name=STREAMING_GROUP,
+    kinds={"spark", "kinesis"},
+    owners=OWNERS,
+    description="One availableNow run of the `stream` Spark job: drains the Kinesis streams into the streaming "
+                "tables (exactly-once through the checkpoints). Its metadata: records, batches, rows upserted, "
+                "quarantined and seconds of the run.",
+)
 
 STREAMING_TABLE_SPECS: list[dg.AssetSpec] = [
     dg.AssetSpec(
         key=streaming_table_key(kind),
-        deps=[KINESIS_KEYS[kind]],
+        # written by the availableNow run (or a continuous stream), from its kind's stream
+        deps=[KINESIS_KEYS[kind], AVAILABLE_NOW_KEY],
         group_name=STREAMING_GROUP,
         kinds={"delta"},
         owners=OWNERS,
         freshness_policy=FRESHNESS,
+        # a stream that does not exist yet leaves its table unwritten: the run does not materialize it
+        skippable=True,
         description=f"Cleaned `{kind}` events from Kinesis stream `{contract.stream_name(PREFIX, kind)}`, one row "
-                    "per ind, kept current by Structured Streaming (contract §3). Materializations are recorded "
-                    "by `streaming_tables_sensor` from the table's Delta versions.",
+                    "per ind, kept current by Structured Streaming (contract §3). Written by "
+                    "`stream_available_now` (which materializes it) or a continuous stream, whose Delta "
+                    "versions `streaming_tables_sensor` records as materializations.",
         metadata={"dagster/column_schema": column_schema(contract.CLEANED_SCHEMAS[kind]),
                   "dagster/table_name": streaming_table(kind),
-                  "stream": contract.stream_name(PREFIX, kind)},
+                  "stream": contract.stream_name(PREFIX, kind),
+                  "written_by": "stream_available_now (run stream --available-now), or run stream --continuous"},
     )
     for kind in contract.EVENT_KINDS
 ]
+# the keys this module's definitions own (fixed when it is loaded, as the specs' are)
+TABLE_KEYS = {kind: spec.key for kind, spec in zip(contract.EVENT_KINDS, STREAMING_TABLE_SPECS, strict=True)}
 
 
 # --- the availableNow run ---------------------------------------------------------------------------------
@@ -88,16 +115,19 @@ def stream_job_params(lake: LakeResource, kinesis: KinesisResource, spark: Spark
     }
 
 
-@dg.asset(
-    key=[STREAMING_GROUP, "available_now_run"],
-    group_name=STREAMING_GROUP,
-    kinds={"spark", "kinesis", "delta"},
-    owners=OWNERS,
-    deps=list(KINESIS_KEYS.values()),
+@dg.multi_asset(
+    name="stream_available_now",
+    specs=[AVAILABLE_NOW_SPEC, *STREAMING_TABLE_SPECS],
+    can_subset=False,  # one Spark job writes every table
+    description="Drains the Kinesis streams into the streaming Delta tables once (Structured Streaming, "
+                "availableNow).",
 )
 def stream_available_now(context: dg.AssetExecutionContext, spark: SparkResource, lake: LakeResource,
-                         kinesis: KinesisResource) -> dg.MaterializeResult:
-    """Drains the Kinesis streams into the streaming Delta tables once (Structured Streaming, availableNow)."""
+                         kinesis: KinesisResource):
+    """Drains the Kinesis streams into the streaming Delta tables once (Structured Streaming, availableNow).
+
+    Materializes `streaming/available_now_run` with the run's totals, and each table it wrote (a stream that
+    does not exist yet is skipped) at the Delta version the run left it at."""
     lake.check_access(write=True)
     result = spark.run_job(context, "stream", stream_job_params(lake, kinesis, spark))
     streams = result.get("streams", {})
@@ -107,14 +137,28 @@ def stream_available_now(context: dg.AssetExecutionContext, spark: SparkResource
     def total(field: str) -> int:
         return sum(int(e.get(field, 0)) for e in streams.values())
 
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(asset_key=AVAILABLE_NOW_KEY, metadata={
         "records": dg.MetadataValue.int(total("records")),
         "batches": dg.MetadataValue.int(total("batches")),
         "rows_upserted": dg.MetadataValue.int(total("upserted")),
         "quarantined": dg.MetadataValue.int(total("quarantined")),
         "seconds": dg.MetadataValue.float(float(result.get("seconds", 0.0))),
+        "stopped_by": dg.MetadataValue.text(str(result.get("stopped_by", "completed"))),
         "streams": dg.MetadataValue.json(streams),
     })
+    for kind, entry in streams.items():
+        if "skipped" in entry or entry.get("table_version") is None:
+            continue
+        yield dg.MaterializeResult(asset_key=TABLE_KEYS[kind], metadata={
+            # the sensor reads this back: versions up to it are this run's, not to be reported again
+            "delta_version": dg.MetadataValue.int(int(entry["table_version"])),
+            "dagster/row_count": dg.MetadataValue.int(int(entry.get("rows_in_table", 0))),
+            "dagster/uri": dg.MetadataValue.path(str(entry.get("table_uri", lake.table_uri(streaming_table(kind))))),
+            "records_this_run": dg.MetadataValue.int(int(entry.get("records", 0))),
+            "batches_this_run": dg.MetadataValue.int(int(entry.get("batches", 0))),
+            "rows_upserted_this_run": dg.MetadataValue.int(int(entry.get("upserted", 0))),
+            "quarantined_this_run": dg.MetadataValue.int(int(entry.get("quarantined", 0))),
+        })
 
 
 # --- checks (delta-rs, no JVM) ----------------------------------------------------------------------------
@@ -324,6 +368,27 @@ def _parse_cursor(cursor: str | None) -> tuple[dict[str, int], float | None]:
         return {}, None
 
 
+def _run_versions(context: dg.SensorEvaluationContext, kinds: list[str]) -> dict[str, int]:
+    """Table -> the Delta version of its newest materialization by a run (`stream_available_now`), if any.
+
+    A run reports the version it left its tables at, and ran their checks: the sensor reports only the
+    versions after it. Its own (runless) materializations are in its cursor already. Without an instance (a
+    context built in a test) there is no run to know of."""
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:
+        return {}
+    out: dict[str, int] = {}
+    for kind in kinds:
+        event = instance.get_latest_materialization_event(streaming_table_key(kind))
+        if event is None or not event.run_id or event.asset_materialization is None:
+            continue
+        version = event.asset_materialization.metadata.get("delta_version")
+        if version is not None:
+            out[streaming_table(kind)] = int(version.value)
+    return out
+
+
 def _checks_of(kind: str) -> list[dg.AssetCheckKey]:
     return [check.check_key for check in STREAMING_CHECKS if check.check_key.asset_key == streaming_table_key(kind)]
 
@@ -343,7 +408,9 @@ def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResou
     without opening a table, however often it is evaluated. Otherwise it reads each table's current version
     from its log; for each that moved it records up to `MAX_EVENTS_PER_TABLE_PER_TICK` of the newest new
     commits as materializations (older ones are passed over, not queued), and requests one run of the checks
-    of all those tables. The checks work out themselves what changed since they last passed."""
+    of all those tables. The checks work out themselves what changed since they last passed. Versions up to
+    the one a run (`stream_available_now`) materialized are that run's, checked in it: the sensor moves its
+    cursor past them without reporting them again."""
     from deltalake import DeltaTable
 
     seen, last_run_at = _parse_cursor(context.cursor)
@@ -358,19 +425,28 @@ def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResou
     check_keys: list[dg.AssetCheckKey] = []
     missing: list[str] = []
     unchanged: list[str] = []
+    tables: dict[str, Any] = {}
     for kind in contract.EVENT_KINDS:
         name = streaming_table(kind)
         uri = lake.table_uri(name)
         if not DeltaTable.is_deltatable(uri, storage_options=options):
             missing.append(name)
             continue
-        table = DeltaTable(uri, storage_options=options)
+        tables[kind] = DeltaTable(uri, storage_options=options)
+    recorded = _run_versions(context, [k for k, t in tables.items() if t.version() > seen.get(streaming_table(k), -1)])
+    absorbed: dict[str, int] = {}
+    for kind, table in tables.items():
+        name = streaming_table(kind)
+        uri = lake.table_uri(name)
         current = table.version()
         last = seen.get(name, -1)
         if current < last:  # the table was dropped and written anew: its versions start again
             last = -1
+        if last < recorded.get(name, -1) <= current:  # a run materialized (and checked) these versions
+            last = recorded[name]
+            absorbed[name] = last
         if current <= last:
-            unchanged.append(f"{name} v{current}")
+            unchanged.append(f"{name} v{current}" + (" (recorded by a run)" if name in absorbed else ""))
             continue
         # history() is newest first and holds only commits whose log entries still exist
         limit = min(current - last, MAX_EVENTS_PER_TABLE_PER_TICK)
@@ -391,6 +467,9 @@ def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResou
             parts.append("no new Delta version: " + ", ".join(unchanged))
         if missing:
             parts.append("not created yet (run the stream job): " + ", ".join(missing))
+        if absorbed:  # the cursor moves past the runs' versions (last_run_at stays: no run was requested)
+            return dg.SensorResult(skip_reason="; ".join(parts), cursor=json.dumps(
+                {"versions": {**seen, **absorbed}, "last_run_at": last_run_at}, sort_keys=True))
         return dg.SkipReason("; ".join(parts) or "nothing to report")
     versions = ",".join(f"{name}@{version}" for name, version in sorted(changed.items()))
     run = dg.RunRequest(
@@ -399,13 +478,13 @@ def streaming_tables_sensor(context: dg.SensorEvaluationContext, lake: LakeResou
         asset_check_keys=check_keys,
         tags={"streaming_tables": versions},
     )
-    cursor = {"versions": {**seen, **changed}, "last_run_at": now}
+    cursor = {"versions": {**seen, **absorbed, **changed}, "last_run_at": now}
     return dg.SensorResult(asset_events=events, run_requests=[run], cursor=json.dumps(cursor, sort_keys=True))
 
 
-STREAMING_ASSETS = [*STREAMING_TABLE_SPECS, stream_available_now]
+STREAMING_ASSETS = [stream_available_now]
 STREAMING_SENSORS = [streaming_tables_sensor]
 STREAMING_JOBS = [streaming_checks_job]
 
-__all__ = ["STREAMING_ASSETS", "STREAMING_CHECKS", "STREAMING_JOBS", "STREAMING_SENSORS", "streaming_table_key",
+__all__ = ["AVAILABLE_NOW_KEY", "STREAMING_ASSETS", "STREAMING_CHECKS", "STREAMING_JOBS", "STREAMING_SENSORS", "streaming_table_key",
            "streaming_tables_sensor", "stream_available_now"]

@@ -16,7 +16,9 @@ replayed quarantine append, so a crash at any point neither loses nor duplicates
 
 Triggers: `available_now` drains what the streams hold now and returns; `processing_time` runs every
 `interval` until `timeout_s` passes or SIGINT/SIGTERM arrives, then stops the queries between batches.
-`stream_command` is the CLI entry point (`pinterest-platform run stream`)."""
+`stream_command` is the CLI entry point (`pinterest-platform run stream`): `--available-now` materializes the
+`stream_available_now` asset through the Dagster instance (assets/streaming.py), `--continuous` calls
+`stream` in its own process, outside any Dagster run."""
 
 from __future__ import annotations
 
@@ -409,6 +411,76 @@ def _print_streams(streams: dict) -> None:
               f"{entry['quarantined']} quarantined", flush=True)
 
 
+INTERRUPTS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+
+
+def _interrupted(error) -> bool:
+    """Whether a step's error (Dagster's SerializableErrorInfo) is, or was caused by, an interrupt."""
+    while error is not None:
+        if error.cls_name in INTERRUPTS:
+            return True
+        error = error.cause
+    return False
+
+
+def _error_text(error) -> str:
+    """The innermost cause's message without its class name, as the exception printed before (`error: ...`)."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    return message.removeprefix(f"{error.cls_name}: ") if error.cls_name else message
+
+
+def _available_now_run(settings, where: str) -> int:
+    """`run stream --available-now`: the `stream_available_now` asset, run through the Dagster instance.
+
+    The run is one of the code location's implicit asset job (`__ASSET_JOB`), as the UI's "Materialize"
+    launches it, with the streaming tables' checks: it and its materializations (`streaming/available_now_run`
+    and each table written) show in the UI. Exit codes: 0, 1 when the run failed (a query, the lake, a
+    check of the inputs), 130 when it was interrupted (SIGINT/SIGTERM; the running micro-batch finishes)."""
+    from pinterest_platform.assets.streaming import AVAILABLE_NOW_KEY, stream_available_now
+    from pinterest_platform.cli import _dagster_instance
+    from pinterest_platform.definitions import build_definitions
+    from pinterest_platform.run_guard import CLI_PID_TAG
+
+    print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in contract.EVENT_KINDS)} "
+          f"(available-now) {where}", flush=True)
+    # the resources of these settings (not of the settings the module-level `defs` was loaded with)
+    job = build_definitions(settings).resolve_implicit_global_asset_job_def()
+    instance = _dagster_instance()
+    try:
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=list(stream_available_now.keys),
+            tags={CLI_PID_TAG: str(os.getpid())},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    except KeyboardInterrupt:  # outside the step (Dagster's own start or end)
+        print("interrupted", flush=True)
+        return 130
+    failures = result.get_step_failure_events()
+    if any(_interrupted(event.step_failure_data.error) for event in failures):
+        print(f"interrupted: run {result.run_id} in the Dagster instance", flush=True)
+        return 130
+    if not result.success:
+        for event in failures:
+            error = event.step_failure_data.error
+            print(f"error: {_error_text(error) if error else event.message}", flush=True)
+        if not failures:
+            print(f"error: run {result.run_id} failed (see it in the Dagster UI)", flush=True)
+        return 1
+    [materialization] = [m for m in result.asset_materializations_for_node(stream_available_now.node_def.name)
+                         if m.asset_key == AVAILABLE_NOW_KEY]
+    metadata = materialization.metadata
+    _print_streams(metadata["streams"].value)
+    failed = [f"{e.asset_key.to_user_string()}:{e.check_name}" for e in result.get_asset_check_evaluations()
+              if not e.passed]
+    if failed:
+        print(f"  warnings (non-blocking checks failed): {', '.join(failed)}", flush=True)
+    stopped_by = metadata["stopped_by"].value if "stopped_by" in metadata else "completed"
+    print(f"done in {metadata['seconds'].value}s ({stopped_by}): run {result.run_id} in the Dagster instance at "
+          f"{os.environ.get('DAGSTER_HOME')}", flush=True)
+    return 0
+
+
 def _remote_stream_command(settings, continuous: bool) -> int:
     """`run stream` where Spark is Databricks: the availableNow asset, run through the Dagster instance."""
     if continuous:
@@ -416,30 +488,15 @@ def _remote_stream_command(settings, continuous: bool) -> int:
               "on a schedule (or the streaming/available_now_run asset), or a continuous Databricks job of "
               "your own", flush=True)
         return 2
-    import dagster as dg
-
-    from pinterest_platform.assets.streaming import stream_available_now
-    from pinterest_platform.cli import _dagster_instance, innermost_message
-    from pinterest_platform.definitions import kinesis_resource, lake_resource, spark_resource
-
-    print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in contract.EVENT_KINDS)} "
-          "(available-now) on Databricks", flush=True)
-    result = dg.materialize([stream_available_now], instance=_dagster_instance(), raise_on_error=False,
-                            resources={"spark": spark_resource(settings), "lake": lake_resource(settings),
-                                       "kinesis": kinesis_resource(settings)})
-    if not result.success:
-        for event in result.get_step_failure_events():
-            error = event.step_failure_data.error
-            print(f"error: {innermost_message(error) if error else event.message}", flush=True)
-        return 1
-    [materialization] = result.asset_materializations_for_node(stream_available_now.node_def.name)
-    _print_streams(materialization.metadata["streams"].value)
-    print(f"done: run {result.run_id} in the Dagster instance", flush=True)
-    return 0
+    return _available_now_run(settings, "on Databricks")
 
 
 def stream_command(args) -> int:
-    """`pinterest-platform run stream --available-now | --continuous [--interval 5s] [--timeout S]`."""
+    """`pinterest-platform run stream --available-now | --continuous [--interval 5s] [--timeout S]`.
+
+    --available-now materializes the `stream_available_now` asset through the Dagster instance (a run the
+    UI shows); --continuous runs the queries in this process until stopped, outside any Dagster run (its
+    commits are recorded by `streaming_tables_sensor`)."""
     from pinterest_platform.settings import load_settings
 
     settings = load_settings()
@@ -463,6 +520,8 @@ def stream_command(args) -> int:
     spark = spark_resource(settings)
     if not isinstance(spark, LocalSparkResource):
         return _remote_stream_command(settings, continuous)
+    if not continuous:
+        return _available_now_run(settings, f"into {settings.lake_root.rstrip('/')}/{contract.TABLES_DIR}")
     lake_root = settings.lake_root.rstrip("/")
     params = {
         "prefix": settings.topic_prefix,
@@ -472,15 +531,15 @@ def stream_command(args) -> int:
         "region": settings.aws_region,
         "endpoint": endpoint,
         "source_format": LOCAL_FORMAT,
-        "trigger": "processing_time" if continuous else "available_now",
+        "trigger": "processing_time",
         "interval": getattr(args, "interval", None) or "5s",
         "timeout_s": getattr(args, "timeout", None),
     }
-    mode = f"continuous, every {normalize_interval(params['interval'])}" if continuous else "available-now"
+    mode = f"continuous, every {normalize_interval(params['interval'])}"
     print(f"streaming {', '.join(contract.stream_name(settings.topic_prefix, k) for k in params['kinds'])} "
           f"({mode}) into {params['lake_tables_root']}", flush=True)
-    if continuous:
-        print("  stop with Ctrl-C (the running micro-batch finishes first)", flush=True)
+    print("  stop with Ctrl-C (the running micro-batch finishes first); this process is not a Dagster run, "
+          "streaming_tables_sensor records its commits", flush=True)
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

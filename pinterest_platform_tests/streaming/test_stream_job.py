@@ -4,7 +4,6 @@ crash; continuous mode with a clean stop on SIGINT; the CLI entry point."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -304,21 +303,79 @@ def test_missing_streams_are_skipped_or_a_clear_error(spark, kinesis_client, kin
     assert result["streams"]["user"]["rows_in_table"] == 1
 
 
-def test_stream_command_uses_the_settings(spark, kinesis_client, kinesis_endpoint, make_stream, tmp_path,
-                                          monkeypatch, capsys):
+def test_run_stream_available_now_is_a_run_in_the_dagster_instance(kinesis_client, kinesis_endpoint, make_stream,
+                                                                   tmp_path):
+    """`pinterest-platform run stream --available-now` (a CLI process of its own) materializes
+    stream_available_now through the instance at DAGSTER_HOME: the run, its materializations of
+    streaming/available_now_run and of each table, and the tables' checks are there for the UI."""
+    import dagster as dg
+
     prefix = f"cli{uuid.uuid4().hex[:6]}"
     for kind in contract.EVENT_KINDS:
         make_stream(shards=1, name=contract.stream_name(prefix, kind))
     put_records(kinesis_client, contract.stream_name(prefix, "pin"), pin_records(5))
-    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
-    monkeypatch.setenv("PINTEREST_LAKE_ROOT", str(tmp_path / "lake"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", kinesis_endpoint)
-    code = stream_job.stream_command(argparse.Namespace(available_now=True, continuous=False,
-                                                        interval="5 seconds", timeout=None))
-    out = capsys.readouterr().out
-    assert code == 0, out
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME" and (k == "PINTEREST_STATE_DIR"
+                                                                         or not k.startswith("PINTEREST_"))}
+    env.update(PINTEREST_ENV="local", PINTEREST_TOPIC_PREFIX=prefix, PINTEREST_LAKE_ROOT=str(tmp_path / "lake"),
+               AWS_ENDPOINT_URL=kinesis_endpoint, DAGSTER_HOME=str(tmp_path / "dagster_home"))
+    run = subprocess.run([sys.executable, "-m", "pinterest_platform.cli", "run", "stream", "--available-now"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    out = run.stdout
+    assert run.returncode == 0, f"{out}\n{run.stderr}"
     assert f"{prefix}_pin_table: 5 rows" in out and f"{prefix}_geo_table: 0 rows" in out
     assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_pin").is_dir()
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        [record] = instance.get_runs()
+        assert record.status == dg.DagsterRunStatus.SUCCESS and record.job_name == "__ASSET_JOB"
+        assert f"run {record.run_id} in the Dagster instance" in out
+        tables = {kind: dg.AssetKey(["streaming", contract.streaming_table_name(prefix, kind)])
+                  for kind in contract.EVENT_KINDS}
+        keys = [dg.AssetKey(["streaming", "available_now_run"]), *tables.values()]
+        latest = {key: instance.get_latest_materialization_event(key) for key in keys}
+        assert all(event is not None and event.run_id == record.run_id for event in latest.values()), latest
+        run_metadata = latest[keys[0]].asset_materialization.metadata
+        assert run_metadata["records"].value == 5 and run_metadata["stopped_by"].value == "completed"
+        pin = latest[tables["pin"]].asset_materialization.metadata
+        assert pin["dagster/row_count"].value == 5 and pin["records_this_run"].value == 5
+        table = DeltaTable(str(tmp_path / "lake" / "tables" / contract.streaming_table_name(prefix, "pin")))
+        assert pin["delta_version"].value == table.version()
+        # the tables' checks ran in the run, as when the UI materializes the asset
+        evaluations = instance.get_records_for_run(
+            record.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        checked = {(e.event_log_entry.dagster_event.event_specific_data.asset_key,
+                    e.event_log_entry.dagster_event.event_specific_data.check_name) for e in evaluations}
+        assert checked == {(key, name) for key in tables.values()
+                           for name in ("unique_non_null_ind", "columns_match_contract")}
+
+
+def test_run_stream_available_now_exit_codes(tmp_path, monkeypatch, capsys):
+    """A failed run exits 1 with the query's error; an interrupted one 130 (README "Exit codes"). The Spark
+    job is replaced by one that fails, then by one that stops on a signal: no Spark, no stack."""
+    import dagster as dg
+
+    from pinterest_platform import cli
+
+    prefix = f"none{uuid.uuid4().hex[:6]}"  # no stream of this prefix exists: the job fails
+    monkeypatch.setenv("PINTEREST_TOPIC_PREFIX", prefix)
+    monkeypatch.setattr("pinterest_platform.assets.streaming.PREFIX", prefix)
+    monkeypatch.setenv("PINTEREST_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never called: the job is replaced
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+
+    def missing(_spark, _params):
+        raise RuntimeError(f"no Kinesis stream to read: streaming-{prefix}-pin do not exist yet")
+
+    def interrupted(_spark, _params):
+        raise KeyboardInterrupt("stream job stopped by signal 2")
+
+    monkeypatch.setattr("pinterest_platform.resources.spark.LocalSparkResource.session", lambda self: None)
+    for job, code, line in ((missing, 1, "error: no Kinesis stream to read"), (interrupted, 130, "interrupted")):
+        monkeypatch.setattr("pinterest_platform.jobs.get_job", lambda _name, job=job: job)
+        assert cli.main(["run", "stream", "--available-now"]) == code
+        assert line in capsys.readouterr().out
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert [r.status for r in instance.get_runs()] == [dg.DagsterRunStatus.FAILURE] * 2
 
 
 # --- parameters (no Spark) ----------------------------------------------------------------------------

@@ -225,10 +225,56 @@ def test_specs_keys_groups_and_freshness():
     for kind in KINDS:
         spec = specs[dg.AssetKey(["streaming", f"{streaming.PREFIX}_{kind}_table"])]
         assert spec.group_name == "streaming" and spec.kinds == {"delta"}
-        assert {d.asset_key for d in spec.deps} == {dg.AssetKey(["kinesis", kind])}
+        assert {d.asset_key for d in spec.deps} == {dg.AssetKey(["kinesis", kind]), streaming.AVAILABLE_NOW_KEY}
         assert spec.freshness_policy is not None
     assert len(streaming.STREAMING_CHECKS) == 6
     assert streaming.STREAMING_JOBS[0].name == "streaming_table_checks"
+
+
+def test_lineage_kinesis_to_the_writer_to_the_tables():
+    """kinesis/<kind> -> streaming/available_now_run -> the streaming tables, all of one multi-asset (the
+    writer): the graph of the code location, as the UI shows it."""
+    from pinterest_platform.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    writer = graph.get(streaming.AVAILABLE_NOW_KEY)
+    assert writer.parent_keys == {dg.AssetKey(["kinesis", kind]) for kind in KINDS}
+    assert all(graph.get(dg.AssetKey(["kinesis", kind])).is_external for kind in KINDS)
+    tables = {streaming.streaming_table_key(kind) for kind in KINDS}
+    assert tables <= writer.child_keys
+    for kind in KINDS:
+        table = graph.get(streaming.streaming_table_key(kind))
+        assert table.parent_keys == {streaming.AVAILABLE_NOW_KEY, dg.AssetKey(["kinesis", kind])}
+        assert table.is_materializable  # owned by the writer, not an external asset
+    assert set(streaming.stream_available_now.keys) == {streaming.AVAILABLE_NOW_KEY, *tables}
+
+
+def test_a_version_a_run_materialized_is_not_reported_again(lake):
+    """A run's materialization of a table (what stream_available_now reports) moves the sensor past that
+    version: no second materialization, no checks run for it; the versions after it are reported."""
+    kind = "user"
+    write_deltalake(uri(lake, kind), ind_only([1]))
+    write_deltalake(uri(lake, kind), ind_only([2]), mode="append")  # version 1
+
+    @dg.asset(key=streaming.streaming_table_key(kind))
+    def written_by_a_run() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"delta_version": 1})
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([written_by_a_run], instance=instance).success
+
+    def tick_on(cursor):
+        # no run was requested yet (no last_run_at): the interval between runs does not hold this one
+        context = dg.build_sensor_context(cursor=cursor, resources={"lake": lake}, instance=instance)
+        return streaming.streaming_tables_sensor(context)
+
+    first = tick_on(None)
+    assert isinstance(first, dg.SensorResult) and not first.run_requests and not first.asset_events
+    assert versions(first)[streaming.streaming_table(kind)] == 1
+    write_deltalake(uri(lake, kind), ind_only([3]), mode="append")  # version 2: a continuous stream, say
+    second = tick_on(first.cursor)
+    assert events_by_table(second) == {streaming.streaming_table(kind): [2]}
+    assert len(second.run_requests) == 1
 
 
 def test_available_now_asset_drains_the_streams(spark, kinesis_client, kinesis_endpoint, make_stream, tmp_path,
@@ -249,8 +295,14 @@ def test_available_now_asset_drains_the_streams(spark, kinesis_client, kinesis_e
         "spark": LocalSparkResource(), "lake": lake,
         "kinesis": LocalKinesisResource(endpoint=kinesis_endpoint)})
     assert result.success
-    (materialization,) = result.asset_materializations_for_node("streaming__available_now_run")
+    materializations = {m.asset_key: m for m in result.asset_materializations_for_node("stream_available_now")}
+    materialization = materializations[streaming.AVAILABLE_NOW_KEY]
     assert materialization.metadata["records"].value == 8
     assert materialization.metadata["quarantined"].value == 1
+    # every table written is materialized by the run, at the version it left it at (the keys the module owns)
+    user = materializations[streaming.TABLE_KEYS["user"]].metadata
+    assert user["dagster/row_count"].value == 7 and user["records_this_run"].value == 8
+    assert user["delta_version"].value == DeltaTable(lake.table_uri(f"{prefix}_user_table")).version()
+    assert len(materializations) == 1 + len(KINDS)
     assert DeltaTable(lake.table_uri(f"{prefix}_user_table")).to_pyarrow_dataset().count_rows() == 7
     assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_user").is_dir()
