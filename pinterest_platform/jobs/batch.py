@@ -161,16 +161,67 @@ def record_versions(spark, versions_uri: str, winners, new: int, known: int) -> 
              .execute())
 
 
+def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_uri: str):
+    """Clean one kind's files into its table. Returns (counts, quarantine rows or None, the records' origins);
+    the quarantine, shared by the kinds, is written once by the caller."""
+    from pyspark.sql import functions as F
+
+    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
+
+    records = read_raw_records(spark, files)
+    cleaned = clean(kind, records).persist()
+    is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
+    good = cleaned.where(is_clean)
+    tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
+                        F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
+                        F.count(F.lit(1)).alias("read")).first()
+    read, clean_count, quarantined = int(tally["read"]), int(tally["clean"]), int(tally["quarantined"])
+    latest = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
+    # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
+    # a recomputation (an evicted cache block) would judge them again against the new keys
+    judged = judge_against_stored(spark, latest, versions_uri, table_uri).localCheckpoint(eager=True)
+    split = judged.agg(F.count(F.lit(1)).alias("keys"), F.count(F.when(F.col("_newer"), 1)).alias("newer"),
+                       F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
+    keys, upserted, known = int(split["keys"]), int(split["newer"]), int(split["known"])
+    winners = judged.where(F.col("_newer"))
+    if upserted:
+        # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
+        # records of those inds (the same keys) pass again and are merged, so no ind is appended twice
+        record_versions(spark, versions_uri, winners, upserted - known, known)
+    if upserted > known:
+        append_new_rows(spark, table_uri, cleaned_rows(kind, winners.where(~F.col("_known"))))
+    if known:
+        upsert_by_ind(spark, table_uri, cleaned_rows(kind, winners.where(F.col("_known"))),
+                      contract.CLEANED_SCHEMAS[kind])
+    ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
+    # counted on the table as it is now, independently of the counts above: a row that a write lost (or a
+    # user deleted) shows as a conservation failure
+    seen = good.select("ind").distinct()
+    table_rows = spark.read.format("delta").load(table_uri).join(seen, "ind", "left_semi").count()
+    # kept (checkpointed) past this function: the quarantine rows and origins are read after `cleaned` is gone
+    rejected = quarantine_rows(kind, cleaned).localCheckpoint(eager=True) if quarantined else None
+    origins = cleaned.select(F.col("_origin").alias("origin")).distinct().localCheckpoint(eager=True)
+    cleaned.unpersist()
+    counts = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
+              "duplicates": clean_count - keys, "older": keys - upserted, "quarantined": quarantined,
+              "table_rows": table_rows}
+    return counts, rejected, origins
+
+
 def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
     """Clean the given raw files per kind and upsert them by ind, the latest-posted record winning.
 
     params: tables_root (URI of `<lake>/tables`), versions_root (URI of the per-kind order keys of the rows),
     files: {kind: [{"uri", "path", "size", "topic", "day", "index_uri"}]}. Returns counts per kind, the
     table-side ones (`table_rows`: rows of the table whose ind this run saw clean; `quarantine_rows`: rows of
-    the quarantine from these files) counted from the tables after the writes."""
-    from pyspark.sql import functions as F
+    the quarantine from these files) counted from the tables after the writes.
 
-    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
+    The kinds are cleaned at the same time (one thread each, on the same session): their tables are
+    distinct, and most of a small run's time is the latency of Spark jobs and Delta commits, which overlap.
+    The quarantine they share is written once, after them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyspark.sql import functions as F
 
     tables_root = params["tables_root"].rstrip("/")
     versions_root = params["versions_root"].rstrip("/")
@@ -178,55 +229,30 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     # an empty quarantine is a statement too ("nothing was rejected"), so the table always exists
     ensure_table(spark, quarantine_uri, contract.QUARANTINE_SCHEMA)
+    started = time.monotonic()
+    work = {kind: params["files"].get(kind) or [] for kind in contract.EVENT_KINDS}
+    todo = [kind for kind, files in work.items() if files]
+    with ThreadPoolExecutor(max_workers=max(len(todo), 1), thread_name_prefix="clean") as pool:
+        futures = {kind: pool.submit(_clean_kind, spark, kind, work[kind], f"{tables_root}/{kind}",
+                                     f"{versions_root}/{kind}") for kind in todo}
+        done = {kind: future.result() for kind, future in futures.items()}
+    rejected = [r for _, r, _ in done.values() if r is not None]
+    if rejected:
+        union = rejected[0]
+        for more in rejected[1:]:
+            union = union.unionByName(more)
+        append_quarantine(spark, quarantine_uri, union)
+    quarantine = spark.read.format("delta").load(quarantine_uri)
     for kind in contract.EVENT_KINDS:
-        files = params["files"].get(kind) or []
-        table_uri = f"{tables_root}/{kind}"
-        versions_uri = f"{versions_root}/{kind}"
-        started = time.monotonic()
-        if not files:
+        if kind not in done:
             results[kind] = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
                              "quarantined": 0, "table_rows": 0, "quarantine_rows": 0, "seconds": 0.0}
             continue
-        records = read_raw_records(spark, files)
-        cleaned = clean(kind, records).persist()
-        is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
-        good = cleaned.where(is_clean)
-        tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
-                            F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
-                            F.count(F.lit(1)).alias("read")).first()
-        read, clean_count, quarantined = int(tally["read"]), int(tally["clean"]), int(tally["quarantined"])
-        latest = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
-        # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
-        # a recomputation (an evicted cache block) would judge them again against the new keys
-        judged = judge_against_stored(spark, latest, versions_uri, table_uri).localCheckpoint(eager=True)
-        split = judged.agg(F.count(F.lit(1)).alias("keys"), F.count(F.when(F.col("_newer"), 1)).alias("newer"),
-                           F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
-        keys, upserted, known = int(split["keys"]), int(split["newer"]), int(split["known"])
-        winners = judged.where(F.col("_newer"))
-        if upserted:
-            # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
-            # records of those inds (the same keys) pass again and are merged, so no ind is appended twice
-            record_versions(spark, versions_uri, winners, upserted - known, known)
-        if upserted > known:
-            append_new_rows(spark, table_uri, cleaned_rows(kind, winners.where(~F.col("_known"))))
-        if known:
-            upsert_by_ind(spark, table_uri, cleaned_rows(kind, winners.where(F.col("_known"))),
-                          contract.CLEANED_SCHEMAS[kind])
-        ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
-        if quarantined:
-            append_quarantine(spark, quarantine_uri, quarantine_rows(kind, cleaned))
-        # counted on the tables as they are now, independently of the counts above: a row that a write lost
-        # (or a user deleted) shows as a conservation failure
-        seen = good.select("ind").distinct()
-        table_rows = spark.read.format("delta").load(table_uri).join(seen, "ind", "left_semi").count()
-        origins = cleaned.select(F.col("_origin").alias("origin")).distinct()
-        quarantine_rows_now = (spark.read.format("delta").load(quarantine_uri).where(F.col("kind") == kind)
-                               .join(origins, "origin", "left_semi").count())
-        cleaned.unpersist()
-        results[kind] = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
-                         "duplicates": clean_count - keys, "older": keys - upserted, "quarantined": quarantined,
-                         "table_rows": table_rows, "quarantine_rows": quarantine_rows_now,
-                         "seconds": round(time.monotonic() - started, 3)}
+        counts, _, origins = done[kind]
+        counts["quarantine_rows"] = (quarantine.where(F.col("kind") == kind).join(origins, "origin", "left_semi")
+                                     .count())
+        counts["seconds"] = round(time.monotonic() - started, 3)
+        results[kind] = counts
     return results
 
 
