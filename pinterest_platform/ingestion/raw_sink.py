@@ -434,35 +434,30 @@ def modified_day(lake_file: LakeFile) -> datetime.date:
     return datetime.datetime.fromtimestamp(lake_file.modified, datetime.UTC).date()
 
 
-def flat_raw_files(lake: LakeResource, topic: str) -> list[LakeFile]:
-    """The raw files of `topic` without a day level (`topics/<topic>/partition=<p>/...`, a Confluent sink's)."""
+def _raw_files_below(lake: LakeResource, prefix: str, topic: str) -> list[LakeFile]:
+    """The raw files of `topic` whose path starts with `prefix`, by partition, offset, path."""
     found = []
-    for lake_file in lake.list_files(f"{TOPICS_DIR}/{topic}/partition="):
+    for lake_file in lake.list_files(prefix):
         name = parse_raw_file_name(lake_file.path, topic)
         if name is not None:
             found.append((name.partition, name.offset, lake_file.path, lake_file))
     return [item[-1] for item in sorted(found, key=lambda item: item[:3])]
+
+
+def flat_raw_files(lake: LakeResource, topic: str) -> list[LakeFile]:
+    """The raw files of `topic` without a day level (`topics/<topic>/partition=<p>/...`, a Confluent sink's)."""
+    return _raw_files_below(lake, f"{TOPICS_DIR}/{topic}/partition=", topic)
 
 
 def raw_files_of_day(lake: LakeResource, topic: str, day: datetime.date,
                      flat: list[LakeFile] | None = None) -> list[LakeFile]:
     """The raw files of one ingest day: below its day folder, plus flat-layout files last modified that day
     (`flat`: the topic's flat files when the caller listed them already)."""
-    found = []
-    for lake_file in lake.list_files(raw_day_prefix(topic, day)):
-        name = parse_raw_file_name(lake_file.path, topic)
-        if name is not None:
-            found.append((name.partition, name.offset, lake_file.path, lake_file))
-    ours = [item[-1] for item in sorted(found, key=lambda item: item[:3])]
+    ours = _raw_files_below(lake, raw_day_prefix(topic, day), topic)
     flat = flat_raw_files(lake, topic) if flat is None else flat
     return ours + [f for f in flat if modified_day(f) == day]
 
 
 def read_raw_files(lake: LakeResource, topic: str) -> list[LakeFile]:
     """The raw files of `topic` in the Confluent layout (extra `k=v/` levels allowed), by partition, offset."""
-    found = []
-    for lake_file in lake.list_files(f"{TOPICS_DIR}/{topic}/"):
-        name = parse_raw_file_name(lake_file.path, topic)
-        if name is not None:
-            found.append((name.partition, name.offset, lake_file.path, lake_file))
-    return [item[-1] for item in sorted(found, key=lambda item: item[:3])]
+    return _raw_files_below(lake, f"{TOPICS_DIR}/{topic}/", topic)

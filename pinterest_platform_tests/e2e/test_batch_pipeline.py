@@ -60,20 +60,25 @@ def sort_key(row: dict) -> tuple:
     return tuple("" if v is None else str(v) for v in row.values())
 
 
-@pytest.fixture(scope="module")
-def pipeline(local_stack, tmp_path_factory):
-    home = tmp_path_factory.mktemp("e2e_batch")
-    env = {
+def cli_env(local_stack, home: Path, db: Path, prefix: str = "e2e") -> dict:
+    """The environment of a user's shell for a lake, state and instance of their own under `home`."""
+    return {
         **os.environ,
         "PINTEREST_ENV": "local",
         "PINTEREST_STATE_DIR": str(home / "state"),
         "PINTEREST_LAKE_ROOT": str(home / "lake"),
-        "PINTEREST_SOURCE_DB_URL": f"sqlite:///{home / 'source.db'}",
-        "PINTEREST_TOPIC_PREFIX": f"e2e{uuid.uuid4().hex[:8]}",
+        "PINTEREST_SOURCE_DB_URL": f"sqlite:///{db}",
+        "PINTEREST_TOPIC_PREFIX": f"{prefix}{uuid.uuid4().hex[:8]}",
         "KAFKA_BOOTSTRAP_SERVERS": local_stack["kafka_bootstrap_servers"],
         "AWS_ENDPOINT_URL": local_stack["aws_endpoint_url"],
         "DAGSTER_HOME": str(home / "dagster_home"),
     }
+
+
+@pytest.fixture(scope="module")
+def pipeline(local_stack, tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e_batch")
+    env = cli_env(local_stack, home, home / "source.db")
     cli(env, "seed", "--events", str(EVENTS), "--seed", "11", "--no-progress")
     for _ in range(2):  # the second posting is a redelivery of every event
         cli(env, "emulate", "--mode", "batch", "--all", "--no-progress")

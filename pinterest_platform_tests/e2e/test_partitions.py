@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +18,7 @@ from confluent_kafka import Producer
 from pinterest_platform import contract
 from pinterest_platform_tests import reference
 from pinterest_platform_tests.compare import normalize
-from pinterest_platform_tests.e2e.test_batch_pipeline import cli, sort_key, source_rows, table_rows
+from pinterest_platform_tests.e2e.test_batch_pipeline import cli, cli_env, sort_key, source_rows, table_rows
 
 EVENTS = 90
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -28,17 +27,7 @@ TABLES = (*contract.EVENT_KINDS, *contract.ANALYTICS_TABLES)
 
 
 def make_env(local_stack, home, db) -> dict:
-    return {
-        **os.environ,
-        "PINTEREST_ENV": "local",
-        "PINTEREST_STATE_DIR": str(home / "state"),
-        "PINTEREST_LAKE_ROOT": str(home / "lake"),
-        "PINTEREST_SOURCE_DB_URL": f"sqlite:///{db}",
-        "PINTEREST_TOPIC_PREFIX": f"days{uuid.uuid4().hex[:8]}",
-        "KAFKA_BOOTSTRAP_SERVERS": local_stack["kafka_bootstrap_servers"],
-        "AWS_ENDPOINT_URL": local_stack["aws_endpoint_url"],
-        "DAGSTER_HOME": str(home / "dagster_home"),
-    }
+    return cli_env(local_stack, home, db, prefix="days")
 
 
 def tables(env) -> dict[str, list[dict]]:

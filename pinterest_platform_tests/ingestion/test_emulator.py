@@ -34,11 +34,10 @@ def unique_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def kafka_messages(kafka, topic: str, timeout: float = 60) -> list[tuple[bytes | None, bytes, int]]:
-    """Every message of every partition of `topic`, as (key, value, partition)."""
+def _read_topic(consumer, topic: str, row, timeout: float = 60) -> list:
+    """`row(msg)` of every message of every partition of `topic`, read by `consumer` (closed after)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-    consumer = kafka.consumer(group_id=f"test-reader-{uuid.uuid4().hex}")
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = list(metadata.topics[topic].partitions)
@@ -58,12 +57,18 @@ def kafka_messages(kafka, topic: str, timeout: float = 60) -> list[tuple[bytes |
                         remaining.discard(msg.partition())
                     continue
                 raise AssertionError(f"consumer error on {topic}: {msg.error()}")
-            out.append((msg.key(), msg.value(), msg.partition()))
+            out.append(row(msg))
             if msg.offset() >= highs[msg.partition()] - 1:
                 remaining.discard(msg.partition())
         return out
     finally:
         consumer.close()
+
+
+def kafka_messages(kafka, topic: str, timeout: float = 60) -> list[tuple[bytes | None, bytes, int]]:
+    """Every message of every partition of `topic`, as (key, value, partition)."""
+    return _read_topic(kafka.consumer(group_id=f"test-reader-{uuid.uuid4().hex}"), topic,
+                       lambda msg: (msg.key(), msg.value(), msg.partition()), timeout)
 
 
 def _high_watermark(consumer, partition, timeout: float = 30) -> int:
@@ -527,36 +532,13 @@ DAY_MS = 86_400_000
 def kafka_timestamped(kafka, topic: str, timeout: float = 60) -> list[tuple[int, int, int, int, int]]:
     """Every message of `topic` read with a plain confluent_kafka Consumer, as
     (partition, offset, key, timestamp type, timestamp ms), in partition and offset order."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer
 
     consumer = Consumer({"bootstrap.servers": kafka.resolved_bootstrap_servers(),
                          "group.id": f"test-ts-{uuid.uuid4().hex}", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    try:
-        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        highs = {p: _high_watermark(consumer, TopicPartition(topic, p)) for p in partitions}
-        remaining = {p for p in partitions if highs[p] > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
-        out = []
-        deadline = time.monotonic() + timeout
-        while remaining:
-            assert time.monotonic() < deadline, f"timed out reading {topic}; partitions left {remaining}"
-            msg = consumer.poll(1.0)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    if msg.offset() >= highs[msg.partition()]:
-                        remaining.discard(msg.partition())
-                    continue
-                raise AssertionError(f"consumer error on {topic}: {msg.error()}")
-            ts_type, ts = msg.timestamp()
-            out.append((msg.partition(), msg.offset(), int(msg.key()), ts_type, ts))
-            if msg.offset() >= highs[msg.partition()] - 1:
-                remaining.discard(msg.partition())
-        return sorted(out)
-    finally:
-        consumer.close()
+    return sorted(_read_topic(consumer, topic, lambda msg: (msg.partition(), msg.offset(), int(msg.key()),
+                                                              *msg.timestamp()), timeout))
 
 
 def day_start_ms(day) -> int:
