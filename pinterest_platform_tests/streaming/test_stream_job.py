@@ -401,3 +401,27 @@ def test_params_defaults_and_errors():
 
 def test_result_is_json_serializable(first_run):
     assert json.loads(json.dumps(first_run)) == first_run
+
+
+def test_changed_reposts_keep_the_latest_arrival(spark, kinesis_client, kinesis_endpoint, make_stream, tmp_path):
+    """The same inds put again with changed content, from a plain client with other partition keys (so other
+    shards): the row holds the latest-arrived record, across micro-batches and within one."""
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    stream = make_stream(shards=3, name=contract.stream_name(prefix, "pin"))
+    lake = tmp_path / "lake"
+    rows = [json.loads(r) for r in pin_records(20)]
+    put_records(kinesis_client, stream, [json.dumps(r).encode() for r in rows], keys=[f"a{i}" for i in range(20)])
+    stream_job.stream(spark, params(prefix, lake, kinesis_endpoint))
+    changed = [{**r, "title": f"changed {r['index']}"} for r in rows[:10]]
+    final = [{**r, "title": f"final {r['index']}"} for r in rows[:5]]
+    for later, tag in ((changed, "b"), (final, "c")):
+        time.sleep(1.1)  # a later approximateArrivalTimestamp than the puts before, whatever its resolution
+        put_records(kinesis_client, stream, [json.dumps(r).encode() for r in later],
+                    keys=[f"{tag}{i}" for i in range(len(later))])
+    # both changes in one drain: one micro-batch holds two versions of five inds
+    stream_job.stream(spark, params(prefix, lake, kinesis_endpoint))
+
+    latest = {r["index"]: r for r in rows} | {r["index"]: r for r in changed} | {r["index"]: r for r in final}
+    expected, _ = reference.clean_wire_values("pin", [json.dumps(r) for r in latest.values()])
+    got = delta_rows(str(lake / "tables" / contract.streaming_table_name(prefix, "pin")))
+    assert got == sorted(({k: normalize(v) for k, v in r.items()} for r in expected), key=lambda r: r["ind"])
