@@ -10,8 +10,6 @@ from typing import Any
 from pinterest_platform import contract
 from pinterest_platform.jobs.commit_lock import table_write_lock
 
-MANIFEST_DIR = "_manifests"
-
 
 def _table_exists(spark, uri: str) -> bool:
     from delta.tables import DeltaTable
