@@ -16,7 +16,7 @@ from collections.abc import Callable
 import dagster as dg
 from pydantic import Field
 
-from pinterest_platform import contract
+from pinterest_platform import contract, run_guard
 from pinterest_platform.assets.metadata import (
     OWNERS,
     analytics_chart,
@@ -36,7 +36,7 @@ from pinterest_platform.ingestion.raw_days import (
     processed_files,
     record_processed,
 )
-from pinterest_platform.jobs.batch import VERSIONS_DIR
+from pinterest_platform.jobs.batch import NOTHING_CLEANED, VERSIONS_DIR
 from pinterest_platform.partitions import DAILY_PARTITIONS, days_of_keys, is_partition, partition_key
 from pinterest_platform.resources.kafka import KafkaResource
 from pinterest_platform.resources.lake import LakeFile, LakeResource
@@ -52,7 +52,7 @@ VERSIONS_ROOT = f"{MANIFEST_DIR}/{VERSIONS_DIR}"
 ANALYTICS_INPUTS = f"{MANIFEST_DIR}/analytics_inputs.json"
 # the tag of every batch run: the instance's run queue runs one at a time (dagster.yaml), the CLI refuses
 # to start one while another runs
-BATCH_LANE_TAG = {"pinterest/lane": "batch"}
+BATCH_LANE_TAG = dict([run_guard.BATCH_LANE_TAG])
 
 # a day whose raw files changed is cleaned again, whichever day it is (late records, a replayed day); the
 # analytics follow any cleaned change (a day without data stays unmaterialized and must not block them)
@@ -214,25 +214,22 @@ def clean_days(lake: LakeResource, run_job: Callable[[str, dict], dict], days: l
     new = sum(len(v) for v in files.values())
     log(f"{new} raw files to clean in {len(days)} day(s) {days[0]}..{days[-1]}: "
         + ", ".join(f"{k}={len(v)}" for k, v in files.items()))
-    raw_lines = {}
+    by_day: dict[tuple[str, datetime.date], list[LakeFile]] = {}
     for kind, kind_files in files.items():
-        topic = contract.topic_name(prefix, kind)
-        total = 0
-        for day in sorted({f["day"] for f in kind_files}):
-            of_day = [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day]
-            total += sum(line_counts(lake, topic, datetime.date.fromisoformat(day), of_day).values())
-        raw_lines[kind] = total
+        for f in kind_files:
+            by_day.setdefault((kind, datetime.date.fromisoformat(f["day"])), []).append(
+                LakeFile(f["path"], f["size"], f["modified"]))
+    raw_lines = dict.fromkeys(contract.EVENT_KINDS, 0)
+    for (kind, day), of_day in by_day.items():
+        raw_lines[kind] += sum(line_counts(lake, contract.topic_name(prefix, kind), day, of_day).values())
     if new:
         counts = run_job("clean_batch", {"tables_root": lake.uri(contract.TABLES_DIR),
                                          "versions_root": lake.uri(VERSIONS_ROOT), "files": files})
     else:
-        counts = {kind: {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
-                         "quarantined": 0, "table_rows": 0, "quarantine_rows": 0} for kind in contract.EVENT_KINDS}
+        counts = {kind: dict(NOTHING_CLEANED) for kind in contract.EVENT_KINDS}
     # after the tables: a crash before this only means the same files are cleaned again, which changes nothing
-    for kind, kind_files in files.items():
-        for day in sorted({f["day"] for f in kind_files}):
-            record_processed(lake, kind, datetime.date.fromisoformat(day),
-                             [LakeFile(f["path"], f["size"], f["modified"]) for f in kind_files if f["day"] == day])
+    for (kind, day), of_day in by_day.items():
+        record_processed(lake, kind, day, of_day)
     clear_pending_days(lake, [contract.topic_name(prefix, k) for k in contract.EVENT_KINDS], days)
     return counts, raw_lines
 

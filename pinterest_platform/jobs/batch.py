@@ -69,12 +69,22 @@ VERSIONS_DIR = "latest"
 INDEX_SCHEMA = "h string, t long, o long"
 
 
-def _order_key(prefix: str = ""):
-    """The order columns as one comparable struct, nulls as the lowest value."""
+def order_key_sql(table: str = "") -> str:
+    """The order columns (of `table`, an alias, when given) as one comparable struct, nulls as the lowest."""
+    column = f"{table}." if table else ""
+    return (f"struct(coalesce({column}_day, ''), coalesce({column}_posted_at, -1), "
+            f"coalesce({column}_partition, -1), coalesce({column}_offset, -1))")
+
+
+def _order_key():
     from pyspark.sql import functions as F
 
-    return F.struct(F.coalesce(F.col(f"{prefix}_day"), F.lit("")), F.coalesce(F.col(f"{prefix}_posted_at"), F.lit(-1)),
-                    F.coalesce(F.col(f"{prefix}_partition"), F.lit(-1)), F.coalesce(F.col(f"{prefix}_offset"), F.lit(-1)))
+    return F.expr(order_key_sql())
+
+
+# what a kind without files to clean reports
+NOTHING_CLEANED = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
+                   "quarantined": 0, "table_rows": 0, "quarantine_rows": 0}
 
 
 def read_raw_records(spark, files: list[dict]):
@@ -152,10 +162,8 @@ def record_versions(spark, versions_uri: str, winners, new: int, known: int) -> 
         if new:
             keys(~F.col("_known")).write.format("delta").mode("append").save(versions_uri)
         if known:
-            key = ("struct(coalesce({0}._day, ''), coalesce({0}._posted_at, -1), coalesce({0}._partition, -1), "
-                   "coalesce({0}._offset, -1))")
             (DeltaTable.forPath(spark, versions_uri).alias("t").merge(keys(F.col("_known")).alias("s"), "t.ind = s.ind")
-             .whenMatchedUpdateAll(condition=f"{key.format('s')} > {key.format('t')}").whenNotMatchedInsertAll()
+             .whenMatchedUpdateAll(condition=f"{order_key_sql('s')} > {order_key_sql('t')}").whenNotMatchedInsertAll()
              .execute())
 
 
@@ -243,8 +251,7 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
     quarantine = spark.read.format("delta").load(quarantine_uri)
     for kind in contract.EVENT_KINDS:
         if kind not in done:
-            results[kind] = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
-                             "quarantined": 0, "table_rows": 0, "quarantine_rows": 0, "seconds": 0.0}
+            results[kind] = {**NOTHING_CLEANED, "seconds": 0.0}
             continue
         counts, _, origins = done[kind]
         counts["quarantine_rows"] = (quarantine.where(F.col("kind") == kind).join(origins, "origin", "left_semi")
