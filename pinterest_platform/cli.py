@@ -430,5 +430,21 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(args)
 
 
+def entry() -> None:
+    """The `pinterest-platform` command: `main`, then an exit that skips the interpreter's teardown.
+
+    The command's work is done and reported by then. Native thread pools of the libraries a run loads
+    (Arrow, through delta-rs and pyspark) can abort the teardown ("terminate called without an active
+    exception", signal 6), which would turn a run that succeeded into a failed exit. Spark's JVM exits on
+    its own when this process's end closes its stdin."""
+    import logging
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
