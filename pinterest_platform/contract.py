@@ -1,12 +1,25 @@
 """Names and schemas of DATA_CONTRACT.md, written once and imported everywhere.
 
-Pure Python plus pyspark type objects (importing pyspark.sql.types starts no JVM)."""
+Pure Python: each table's columns are `Column`s (name, Spark SQL type name, nullable), so importing the
+contract imports no pyspark and the code location loads fast. The pyspark `StructType`s (`WIRE_SCHEMAS`,
+`KINESIS_SOURCE_SCHEMA`, `CLEANED_SCHEMAS`, `QUARANTINE_SCHEMA`, `ANALYTICS_SCHEMAS`) are built from them on
+first access (PEP 562 module `__getattr__`) and then kept, so every access returns the same objects."""
 
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyspark.sql import types as T
+if TYPE_CHECKING:
+    from pyspark.sql import types as T
+
+
+class Column(NamedTuple):
+    """One column of a contract table: its Spark SQL type as `DataType.simpleString()` writes it."""
+
+    name: str
+    type: str  # string | int | bigint | double | timestamp | binary | array<...>
+    nullable: bool = True
 
 # --- §1 source database -------------------------------------------------------------------------
 
@@ -85,61 +98,60 @@ def raw_index_name(raw_path: str) -> str:
 
 # Wire schemas: every field read as a string so that a malformed value is seen (and quarantined with
 # its reason) rather than turned into null by the JSON reader. Spark renders JSON numbers as their text.
-WIRE_SCHEMAS: dict[str, T.StructType] = {
-    kind: T.StructType([T.StructField(c, T.StringType()) for c in SOURCE_COLUMNS[SOURCE_TABLE_OF[kind]]])
-    for kind in EVENT_KINDS
+WIRE_FIELDS: dict[str, tuple[Column, ...]] = {
+    kind: tuple(Column(c, "string") for c in SOURCE_COLUMNS[SOURCE_TABLE_OF[kind]]) for kind in EVENT_KINDS
 }
 
 # Databricks' kinesis source schema; the local Python data source produces exactly this
-KINESIS_SOURCE_SCHEMA = T.StructType([
-    T.StructField("partitionKey", T.StringType()),
-    T.StructField("data", T.BinaryType()),
-    T.StructField("stream", T.StringType()),
-    T.StructField("shardId", T.StringType()),
-    T.StructField("sequenceNumber", T.StringType()),
-    T.StructField("approximateArrivalTimestamp", T.TimestampType()),
-])
+KINESIS_SOURCE_FIELDS: tuple[Column, ...] = (
+    Column("partitionKey", "string"),
+    Column("data", "binary"),
+    Column("stream", "string"),
+    Column("shardId", "string"),
+    Column("sequenceNumber", "string"),
+    Column("approximateArrivalTimestamp", "timestamp"),
+)
 
 # --- §3 cleaned tables ----------------------------------------------------------------------------
 
-CLEANED_SCHEMAS: dict[str, T.StructType] = {
-    "pin": T.StructType([
-        T.StructField("ind", T.IntegerType(), False),
-        T.StructField("unique_id", T.StringType()),
-        T.StructField("title", T.StringType()),
-        T.StructField("description", T.StringType()),
-        T.StructField("follower_count", T.LongType()),
-        T.StructField("poster_name", T.StringType()),
-        T.StructField("tag_list", T.StringType()),
-        T.StructField("is_image_or_video", T.StringType()),
-        T.StructField("image_src", T.StringType()),
-        T.StructField("save_location", T.StringType()),
-        T.StructField("category", T.StringType()),
-    ]),
-    "geo": T.StructType([
-        T.StructField("ind", T.IntegerType(), False),
-        T.StructField("country", T.StringType()),
-        T.StructField("coordinates", T.ArrayType(T.DoubleType())),
-        T.StructField("timestamp", T.TimestampType()),
-    ]),
-    "user": T.StructType([
-        T.StructField("ind", T.IntegerType(), False),
-        T.StructField("user_name", T.StringType()),
-        T.StructField("age", T.IntegerType()),
-        T.StructField("date_joined", T.TimestampType()),
-    ]),
+CLEANED_FIELDS: dict[str, tuple[Column, ...]] = {
+    "pin": (
+        Column("ind", "int", False),
+        Column("unique_id", "string"),
+        Column("title", "string"),
+        Column("description", "string"),
+        Column("follower_count", "bigint"),
+        Column("poster_name", "string"),
+        Column("tag_list", "string"),
+        Column("is_image_or_video", "string"),
+        Column("image_src", "string"),
+        Column("save_location", "string"),
+        Column("category", "string"),
+    ),
+    "geo": (
+        Column("ind", "int", False),
+        Column("country", "string"),
+        Column("coordinates", "array<double>"),
+        Column("timestamp", "timestamp"),
+    ),
+    "user": (
+        Column("ind", "int", False),
+        Column("user_name", "string"),
+        Column("age", "int"),
+        Column("date_joined", "timestamp"),
+    ),
 }
-CLEANED_COLUMNS: dict[str, list[str]] = {k: s.fieldNames() for k, s in CLEANED_SCHEMAS.items()}
+CLEANED_COLUMNS: dict[str, list[str]] = {k: [c.name for c in fields] for k, fields in CLEANED_FIELDS.items()}
 
 QUARANTINE_TABLE = "quarantine"
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("source", T.StringType(), False),   # topic or stream name
-    T.StructField("kind", T.StringType(), False),     # pin | geo | user
-    T.StructField("reason", T.StringType(), False),
-    T.StructField("raw", T.StringType()),             # the record's text as received
-    T.StructField("origin", T.StringType()),          # raw file path, or shard/sequence number
-    T.StructField("quarantined_at", T.TimestampType()),
-])
+QUARANTINE_FIELDS: tuple[Column, ...] = (
+    Column("source", "string", False),   # topic or stream name
+    Column("kind", "string", False),     # pin | geo | user
+    Column("reason", "string", False),
+    Column("raw", "string"),             # the record's text as received
+    Column("origin", "string"),          # raw file path, or shard/sequence number
+    Column("quarantined_at", "timestamp"),
+)
 
 # --- §4 analytics ---------------------------------------------------------------------------------
 
@@ -149,32 +161,80 @@ AGE_GROUPS: tuple[tuple[str, int, int | None], ...] = (
 POST_YEAR_WINDOW = (2018, 2022)   # popular_category_by_year
 JOIN_YEAR_WINDOW = (2015, 2020)   # users_joined_by_year and the join-year medians
 
-ANALYTICS_SCHEMAS: dict[str, T.StructType] = {
-    "popular_category_by_country": T.StructType([
-        T.StructField("country", T.StringType()), T.StructField("category", T.StringType()),
-        T.StructField("category_count", T.LongType())]),
-    "popular_category_by_year": T.StructType([
-        T.StructField("post_year", T.IntegerType()), T.StructField("category", T.StringType()),
-        T.StructField("category_count", T.LongType())]),
-    "top_poster_by_country": T.StructType([
-        T.StructField("country", T.StringType()), T.StructField("poster_name", T.StringType()),
-        T.StructField("follower_count", T.LongType())]),
-    "top_country_by_followers": T.StructType([
-        T.StructField("country", T.StringType()), T.StructField("follower_count", T.LongType())]),
-    "popular_category_by_age_group": T.StructType([
-        T.StructField("age_group", T.StringType()), T.StructField("category", T.StringType()),
-        T.StructField("category_count", T.LongType())]),
-    "median_followers_by_age_group": T.StructType([
-        T.StructField("age_group", T.StringType()), T.StructField("median_follower_count", T.DoubleType())]),
-    "users_joined_by_year": T.StructType([
-        T.StructField("post_year", T.IntegerType()), T.StructField("number_users_joined", T.LongType())]),
-    "median_followers_by_join_year": T.StructType([
-        T.StructField("post_year", T.IntegerType()), T.StructField("median_follower_count", T.DoubleType())]),
-    "median_followers_by_join_year_and_age_group": T.StructType([
-        T.StructField("age_group", T.StringType()), T.StructField("post_year", T.IntegerType()),
-        T.StructField("median_follower_count", T.DoubleType())]),
+ANALYTICS_FIELDS: dict[str, tuple[Column, ...]] = {
+    "popular_category_by_country": (
+        Column("country", "string"), Column("category", "string"),
+        Column("category_count", "bigint")),
+    "popular_category_by_year": (
+        Column("post_year", "int"), Column("category", "string"),
+        Column("category_count", "bigint")),
+    "top_poster_by_country": (
+        Column("country", "string"), Column("poster_name", "string"),
+        Column("follower_count", "bigint")),
+    "top_country_by_followers": (
+        Column("country", "string"), Column("follower_count", "bigint")),
+    "popular_category_by_age_group": (
+        Column("age_group", "string"), Column("category", "string"),
+        Column("category_count", "bigint")),
+    "median_followers_by_age_group": (
+        Column("age_group", "string"), Column("median_follower_count", "double")),
+    "users_joined_by_year": (
+        Column("post_year", "int"), Column("number_users_joined", "bigint")),
+    "median_followers_by_join_year": (
+        Column("post_year", "int"), Column("median_follower_count", "double")),
+    "median_followers_by_join_year_and_age_group": (
+        Column("age_group", "string"), Column("post_year", "int"),
+        Column("median_follower_count", "double")),
 }
-ANALYTICS_TABLES: tuple[str, ...] = tuple(ANALYTICS_SCHEMAS)
+ANALYTICS_TABLES: tuple[str, ...] = tuple(ANALYTICS_FIELDS)
 
 TABLES_DIR = "tables"
 TOPICS_DIR = "topics"
+
+
+# --- the pyspark schemas, built on first access -----------------------------------------------------
+
+def spark_type(name: str) -> T.DataType:
+    """The pyspark DataType of a `Column.type` (imports pyspark.sql.types; starts no JVM)."""
+    from pyspark.sql import types as T
+
+    if name.startswith("array<") and name.endswith(">"):
+        return T.ArrayType(spark_type(name[len("array<"):-1]))
+    simple = {"string": T.StringType, "int": T.IntegerType, "bigint": T.LongType, "double": T.DoubleType,
+              "timestamp": T.TimestampType, "binary": T.BinaryType}
+    return simple[name]()
+
+
+def struct_type(fields: tuple[Column, ...]) -> T.StructType:
+    """The pyspark StructType of a contract table's columns."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(c.name, spark_type(c.type), c.nullable) for c in fields])
+
+
+_SPARK_SCHEMAS: dict[str, Any] = {
+    "WIRE_SCHEMAS": lambda: {kind: struct_type(f) for kind, f in WIRE_FIELDS.items()},
+    "KINESIS_SOURCE_SCHEMA": lambda: struct_type(KINESIS_SOURCE_FIELDS),
+    "CLEANED_SCHEMAS": lambda: {kind: struct_type(f) for kind, f in CLEANED_FIELDS.items()},
+    "QUARANTINE_SCHEMA": lambda: struct_type(QUARANTINE_FIELDS),
+    "ANALYTICS_SCHEMAS": lambda: {name: struct_type(f) for name, f in ANALYTICS_FIELDS.items()},
+}
+
+if TYPE_CHECKING:
+    WIRE_SCHEMAS: dict[str, T.StructType]
+    KINESIS_SOURCE_SCHEMA: T.StructType
+    CLEANED_SCHEMAS: dict[str, T.StructType]
+    QUARANTINE_SCHEMA: T.StructType
+    ANALYTICS_SCHEMAS: dict[str, T.StructType]
+
+
+def __getattr__(name: str) -> Any:
+    build = _SPARK_SCHEMAS.get(name)
+    if build is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = build()  # cached: later lookups find the module global, never come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SPARK_SCHEMAS})

@@ -7,12 +7,17 @@ implementations differ. Secrets are `dg.EnvVar`s resolved at run time, so defini
 from __future__ import annotations
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from pinterest_platform.assets import batch, checks, ingestion, source, streaming
 from pinterest_platform.resources.kafka import LocalKafkaResource, msk_resource
 from pinterest_platform.resources.kinesis import AwsKinesisResource, LocalKinesisResource
-from pinterest_platform.resources.lake import LakeResource, LocalLakeResource, LocalS3LakeResource, S3LakeResource
+from pinterest_platform.resources.lake import (
+    LakeResource,
+    LakeS3Resource,
+    LocalLakeResource,
+    LocalS3LakeResource,
+    S3LakeResource,
+)
 from pinterest_platform.resources.source_db import MySqlSourceDatabase, SqliteSourceDatabase
 from pinterest_platform.resources.spark import DatabricksSparkResource, LocalSparkResource
 from pinterest_platform.settings import Settings, load_settings
@@ -50,9 +55,9 @@ def aws_lake(settings: Settings) -> S3LakeResource:
     if settings.lake_is_s3:
         bucket, prefix = _bucket_and_prefix(settings.lake_root)
         return S3LakeResource(bucket=bucket, prefix=prefix,
-                              s3=S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url))
+                              s3=LakeS3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url))
     return S3LakeResource(bucket=dg.EnvVar("PINTEREST_S3_BUCKET"), prefix="pinterest",
-                          s3=S3Resource(region_name=settings.aws_region))
+                          s3=LakeS3Resource(region_name=settings.aws_region))
 
 
 def lake_resource(settings: Settings) -> LakeResource:

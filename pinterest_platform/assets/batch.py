@@ -113,7 +113,7 @@ def land(kafka: KafkaResource, lake: LakeResource, topics: list[str], group_id: 
             owners=OWNERS,
             description=(f"Raw `{contract.topic_name(PREFIX, kind)}` records landed as topic files, one folder per "
                          "ingest day (the UTC day of the Kafka record timestamp), in the Confluent layout."),
-            metadata={"dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind], raw_key(kind))},
+            metadata={"dagster/column_schema": column_schema(contract.WIRE_FIELDS[kind], raw_key(kind))},
         )
         for kind in contract.EVENT_KINDS
     ],
@@ -158,7 +158,7 @@ def raw_topic_files(context: dg.AssetExecutionContext, kafka: KafkaResource, lak
             metadata={
                 # a range's materializations share these figures: the records of all its days
                 "dagster/row_count": dg.MetadataValue.int(sum(r for _, r in in_run.values())),
-                "dagster/column_schema": column_schema(contract.WIRE_SCHEMAS[kind], raw_key(kind)),
+                "dagster/column_schema": column_schema(contract.WIRE_FIELDS[kind], raw_key(kind)),
                 "dagster/uri": dg.MetadataValue.path(lake.uri(f"{contract.TOPICS_DIR}/{topic}")),
                 "records_by_day": dg.MetadataValue.json({d.isoformat(): r for d, (_, r) in in_run.items()}),
                 "days_landed_this_run": dg.MetadataValue.json([d.isoformat() for d in written]),
@@ -258,7 +258,7 @@ def conservation_check(kind: str, counts: dict, raw_lines: int) -> dg.AssetCheck
                 cleaned_key(kind), deps=[raw_key(kind)], group_name=CLEANED_GROUP,
                 kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
                 description=table_description(cleaned_key(kind).to_user_string()),
-                metadata={"dagster/column_schema": column_schema(contract.CLEANED_SCHEMAS[kind], cleaned_key(kind)),
+                metadata={"dagster/column_schema": column_schema(contract.CLEANED_FIELDS[kind], cleaned_key(kind)),
                           "dagster/column_lineage": column_lineage(cleaned_key(kind))},
             )
             for kind in contract.EVENT_KINDS
@@ -267,7 +267,7 @@ def conservation_check(kind: str, counts: dict, raw_lines: int) -> dg.AssetCheck
             QUARANTINE_KEY, deps=[raw_key(kind) for kind in contract.EVENT_KINDS], group_name=CLEANED_GROUP,
             kinds={"spark", "delta"}, owners=OWNERS, automation_condition=CLEANED_AUTOMATION,
             description=table_description(QUARANTINE_KEY.to_user_string()),
-            metadata={"dagster/column_schema": column_schema(contract.QUARANTINE_SCHEMA, QUARANTINE_KEY)},
+            metadata={"dagster/column_schema": column_schema(contract.QUARANTINE_FIELDS, QUARANTINE_KEY)},
         ),
     ],
     check_specs=[dg.AssetCheckSpec("conservation", asset=cleaned_key(kind),
@@ -291,7 +291,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
         yield dg.MaterializeResult(
             asset_key=cleaned_key(kind),
             metadata=table_metadata(
-                contract.CLEANED_SCHEMAS[kind], uri, delta_row_count(uri, options) or 0, table=cleaned_key(kind),
+                contract.CLEANED_FIELDS[kind], uri, delta_row_count(uri, options) or 0, table=cleaned_key(kind),
                 days=dg.MetadataValue.json([d.isoformat() for d in days]),
                 new_files=run["files"], records_read=run["read"], rows_upserted=run["upserted"],
                 duplicates_collapsed=run["duplicates"], older_than_table=run.get("older", 0),
@@ -302,7 +302,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
     uri = lake.table_uri(contract.QUARANTINE_TABLE)
     yield dg.MaterializeResult(
         asset_key=QUARANTINE_KEY,
-        metadata=table_metadata(contract.QUARANTINE_SCHEMA, uri, delta_row_count(uri, options) or 0,
+        metadata=table_metadata(contract.QUARANTINE_FIELDS, uri, delta_row_count(uri, options) or 0,
                                 table=QUARANTINE_KEY,
                                 quarantined_this_run=sum(counts[k]["quarantined"] for k in contract.EVENT_KINDS)),
     )
@@ -318,7 +318,7 @@ def cleaned_tables(context: dg.AssetExecutionContext, config: CleaningConfig, sp
             deps=[cleaned_key(k) for k in contract.EVENT_KINDS], group_name=ANALYTICS_GROUP,
             kinds={"spark", "delta"}, owners=OWNERS, automation_condition=ANALYTICS_AUTOMATION,
             description=table_description(analytics_key(name).to_user_string()),
-            metadata={"dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name], analytics_key(name)),
+            metadata={"dagster/column_schema": column_schema(contract.ANALYTICS_FIELDS[name], analytics_key(name)),
                       "dagster/column_lineage": column_lineage(analytics_key(name))},
         )
         for name in contract.ANALYTICS_TABLES
@@ -342,7 +342,7 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
         for name in contract.ANALYTICS_TABLES:
             yield dg.MaterializeResult(asset_key=analytics_key(name), metadata={
                 "dagster/row_count": dg.MetadataValue.int(0),
-                "dagster/column_schema": column_schema(contract.ANALYTICS_SCHEMAS[name], analytics_key(name)),
+                "dagster/column_schema": column_schema(contract.ANALYTICS_FIELDS[name], analytics_key(name)),
                 "note": "no cleaned table yet: nothing to compute"})
         return
     if up_to_date:
@@ -353,12 +353,12 @@ def analytics_tables(context: dg.AssetExecutionContext, spark: SparkResource, la
                                                          "preview_rows": 20})
         lake.write_bytes(ANALYTICS_INPUTS, json.dumps({"inputs": inputs, "results": results}).encode())
     for name in contract.ANALYTICS_TABLES:
-        schema = contract.ANALYTICS_SCHEMAS[name]
+        schema = contract.ANALYTICS_FIELDS[name]
         yield dg.MaterializeResult(
             asset_key=analytics_key(name),
             metadata=table_metadata(
                 schema, lake.table_uri(name), results[name]["rows"], table=analytics_key(name),
-                preview=markdown_preview(results[name]["preview"], schema.fieldNames()),
+                preview=markdown_preview(results[name]["preview"], [c.name for c in schema]),
                 **({"chart": chart} if (chart := analytics_chart(name, results[name]["preview"])) is not None else {}),
                 recomputed=not up_to_date,
                 input_versions=dg.MetadataValue.json(inputs),

@@ -10,25 +10,32 @@ Each analytics table has `one_row_per_group`: one row per group of `ANALYTICS_GR
 blocking, with severity ERROR: it runs after the analytics tables are written and no asset depends on them,
 so blocking would stop nothing and only turn the finding into a failed run; the failure is printed by
 `run batch` among the warnings and shows red in the UI. The blocking checks stay on the cleaned tables,
-where a broken key would spread into every analytics table."""
+where a broken key would spread into every analytics table.
 
+pyarrow is imported by the rules when they run, not with the module: loading the code location stays light."""
+
+from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pinterest_platform import contract
 from pinterest_platform.assets.batch import analytics_key, cleaned_key
 from pinterest_platform.resources.lake import LakeResource
 
-Rule = Callable[[pa.Table], tuple[bool, dict]]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+Rule = Callable[["pa.Table"], tuple[bool, dict]]
 AGE_RANGE = (13, 120)  # Pinterest's minimum age; anything past 120 is a data error
 
 
 def unique_non_null_ind(table: pa.Table) -> tuple[bool, dict]:
+    import pyarrow.compute as pc
+
     ind = table.column("ind")
     nulls = ind.null_count
     duplicates = len(ind) - nulls - pc.count_distinct(ind, mode="only_valid").as_py()
@@ -36,6 +43,9 @@ def unique_non_null_ind(table: pa.Table) -> tuple[bool, dict]:
 
 
 def follower_count_valid(table: pa.Table) -> tuple[bool, dict]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     column = table.column("follower_count")
     is_integer = pa.types.is_integer(column.type)
     negative = pc.sum(pc.less(column, 0)).as_py() or 0 if is_integer else None
@@ -44,6 +54,9 @@ def follower_count_valid(table: pa.Table) -> tuple[bool, dict]:
 
 
 def category_known(table: pa.Table) -> tuple[bool, dict]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     column = table.column("category")
     known = pa.array(contract.CATEGORIES)
     unknown = pc.filter(column, pc.and_(pc.is_valid(column), pc.invert(pc.is_in(column, value_set=known))))
@@ -52,6 +65,9 @@ def category_known(table: pa.Table) -> tuple[bool, dict]:
 
 
 def coordinates_in_range(table: pa.Table) -> tuple[bool, dict]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     coordinates = table.column("coordinates").combine_chunks()
     valid = pc.drop_null(coordinates)
     pairs_mask = pc.equal(pc.list_value_length(valid), 2)
@@ -67,6 +83,9 @@ def coordinates_in_range(table: pa.Table) -> tuple[bool, dict]:
 
 def not_in_future(column_name: str, now: dt.datetime | None = None) -> Rule:
     def rule(table: pa.Table) -> tuple[bool, dict]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         moment = now or dt.datetime.now(dt.timezone.utc)
         column = table.column(column_name)
         scalar = pa.scalar(moment, type=pa.timestamp("us", tz="UTC"))
@@ -78,6 +97,8 @@ def not_in_future(column_name: str, now: dt.datetime | None = None) -> Rule:
 
 
 def age_plausible(table: pa.Table) -> tuple[bool, dict]:
+    import pyarrow.compute as pc
+
     age = table.column("age")
     low, high = AGE_RANGE
     bad = pc.sum(pc.or_(pc.less(age, low), pc.greater(age, high))).as_py() or 0
@@ -215,6 +236,7 @@ def _schema_check(kind: str):
     @dg.asset_check(asset=cleaned_key(kind), name="columns_match_contract", blocking=True,
                     description="column names and order exactly as the data contract (blocking)")
     def check(lake: LakeResource) -> dg.AssetCheckResult:
+        import pyarrow as pa
         from deltalake import DeltaTable
 
         uri = lake.table_uri(kind)

@@ -12,30 +12,39 @@ from pinterest_platform import descriptions as _descriptions
 OWNERS = ["team:data-platform"]
 
 
-def _known_table(struct_type) -> str | None:
-    """The contract table whose schema `struct_type` is (a streaming table: its cleaned table), if any."""
+def _columns(schema) -> tuple[tuple[str, str, bool], ...]:
+    """(name, Spark SQL type, nullable) of each column of a contract `Column` tuple or a pyspark StructType."""
+    if hasattr(schema, "fields"):  # a StructType: read it without importing pyspark here
+        return tuple((f.name, f.dataType.simpleString(), f.nullable) for f in schema.fields)
+    return tuple((c.name, c.type, c.nullable) for c in schema)
+
+
+def _known_table(schema) -> str | None:
+    """The contract table whose schema `schema` is (a streaming table: its cleaned table), if any."""
     from pinterest_platform import contract
 
-    known = [*((f"cleaned/{k}", s) for k, s in contract.CLEANED_SCHEMAS.items()),
-             (_descriptions.QUARANTINE, contract.QUARANTINE_SCHEMA),
-             *((f"analytics/{n}", s) for n, s in contract.ANALYTICS_SCHEMAS.items()),
-             *((f"raw/{k}", s) for k, s in contract.WIRE_SCHEMAS.items())]
-    return next((table for table, schema in known if schema == struct_type), None)
+    known = [*((f"cleaned/{k}", s) for k, s in contract.CLEANED_FIELDS.items()),
+             (_descriptions.QUARANTINE, contract.QUARANTINE_FIELDS),
+             *((f"analytics/{n}", s) for n, s in contract.ANALYTICS_FIELDS.items()),
+             *((f"raw/{k}", s) for k, s in contract.WIRE_FIELDS.items())]
+    columns = _columns(schema)
+    return next((table for table, fields in known if _columns(fields) == columns), None)
 
 
 def column_schema(struct_type, table: str | dg.AssetKey | None = None,
                   descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
-    """Contract StructType -> the TableSchema shown in the UI (dagster/column_schema), each column with its
-    plain-words description: `descriptions` if given, else those of `table` (an asset key or table name, see
-    descriptions.table_key), else those of the contract table with this very schema."""
+    """Contract columns (`contract.CLEANED_FIELDS[...]` etc., or a pyspark StructType) -> the TableSchema
+    shown in the UI (dagster/column_schema), each column with its plain-words description: `descriptions` if
+    given, else those of `table` (an asset key or table name, see descriptions.table_key), else those of the
+    contract table with this very schema."""
     if descriptions is None:
         name = table.to_user_string() if isinstance(table, dg.AssetKey) else table
         name = name if name is not None else _known_table(struct_type)
         descriptions = _descriptions.column_descriptions(name) if name else {}
     return dg.TableSchema(columns=[
-        dg.TableColumn(name=f.name, type=f.dataType.simpleString(), description=descriptions.get(f.name),
-                       constraints=dg.TableColumnConstraints(nullable=f.nullable))
-        for f in struct_type.fields
+        dg.TableColumn(name=column, type=type_, description=descriptions.get(column),
+                       constraints=dg.TableColumnConstraints(nullable=nullable))
+        for column, type_, nullable in _columns(struct_type)
     ])
 
 

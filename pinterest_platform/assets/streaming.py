@@ -88,7 +88,7 @@ STREAMING_TABLE_SPECS: list[dg.AssetSpec] = [
                     "per ind, kept current by Structured Streaming (contract §3). Written by "
                     "`stream_available_now` (which materializes it) or a continuous stream, whose Delta "
                     "versions `streaming_tables_sensor` records as materializations.",
-        metadata={"dagster/column_schema": column_schema(contract.CLEANED_SCHEMAS[kind]),
+        metadata={"dagster/column_schema": column_schema(contract.CLEANED_FIELDS[kind]),
                   "dagster/table_name": streaming_table(kind),
                   "stream": contract.stream_name(PREFIX, kind),
                   "written_by": "stream_available_now (run stream --available-now), or run stream --continuous"},

@@ -1,4 +1,4 @@
-"""The lake: a local folder by default, an S3 bucket (dagster-aws `S3Resource`) in production.
+"""The lake: a local folder by default, an S3 bucket (through dagster-aws' `S3Resource`) in production.
 
 Everything the platform keeps lives under one root: raw topic files under `topics/`, Delta tables under
 `tables/<name>`. Paths passed around are relative to that root ("topics/pinterest.pin/...")."""
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from pinterest_platform.contract import TABLES_DIR
@@ -94,18 +93,62 @@ class LocalLakeResource(LakeResource):
         return sorted(files, key=lambda f: f.path)
 
 
+# the fields of dagster-aws' S3Resource (ResourceWithS3Configuration), which LakeS3Resource repeats
+_S3_FIELDS = ("use_unsigned_session", "region_name", "endpoint_url", "max_attempts", "profile_name", "use_ssl",
+              "verify", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+class LakeS3Resource(dg.ConfigurableResource):
+    """The S3 connection of an S3 lake: the configuration of dagster-aws' `S3Resource`, field for field (same
+    names, defaults and meaning), whose client is made by that very `S3Resource` when first asked for.
+
+    dagster_aws.s3 imports boto3 and botocore, which loading the code location must not (the UI, sensors and
+    schedules start without them): it is imported here only by `get_client`, at run time."""
+
+    use_unsigned_session: bool = Field(default=False, description="Specifies whether to use an unsigned S3 session.")
+    region_name: str | None = Field(default=None, description="Specifies a custom region for the S3 session.")
+    endpoint_url: str | None = Field(default=None, description="Specifies a custom endpoint for the S3 session.")
+    max_attempts: int = Field(
+        default=5,
+        description=("This provides Boto3's retry handler with a value of maximum retry attempts, where the"
+                     " initial call counts toward the max_attempts value that you provide."))
+    profile_name: str | None = Field(default=None, description="Specifies a profile to connect that session.")
+    use_ssl: bool = Field(default=True, description="Whether or not to use SSL. By default, SSL is used.")
+    verify: bool | None = Field(
+        default=None,
+        description="Whether or not to verify SSL certificates. By default SSL certificates are verified.")
+    aws_access_key_id: str | None = Field(
+        default=None, description="AWS access key ID to use when creating the boto3 session.")
+    aws_secret_access_key: str | None = Field(
+        default=None, description="AWS secret access key to use when creating the boto3 session.")
+    aws_session_token: str | None = Field(
+        default=None, description="AWS session token to use when creating the boto3 session.")
+
+    def s3_resource(self):
+        """The dagster-aws `S3Resource` of this configuration (imports boto3)."""
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(**{name: getattr(self, name) for name in _S3_FIELDS})
+
+    def get_client(self):
+        return self.s3_resource().get_client()
+
+
 class LakeAccessError(RuntimeError):
     """The lake cannot be used as configured (no bucket, no permission, no endpoint): one line saying which."""
 
 
 class S3LakeResource(LakeResource):
-    """An S3 bucket and key prefix, through dagster-aws' S3Resource and the default credential chain."""
+    """An S3 bucket and key prefix, through dagster-aws' S3Resource and the default credential chain.
+
+    `s3` is a `LakeS3Resource` (the default) or a dagster-aws `S3Resource`: anything with their fields and
+    `get_client()`."""
 
     bucket: str
     prefix: str = ""
-    s3: S3Resource = Field(default_factory=S3Resource)
+    s3: dg.ConfigurableResource = Field(default_factory=LakeS3Resource)
 
-    def s3_resource(self) -> S3Resource:
+    def s3_resource(self) -> LakeS3Resource:
         """The S3Resource requests go through (the local lake resolves its endpoint here, at run time)."""
         return self.s3
 
@@ -196,13 +239,13 @@ class LocalS3LakeResource(S3LakeResource):
     endpoint: str | None = Field(default=None, description="empty: AWS_ENDPOINT_URL, else the stack's moto")
     region: str = "us-east-1"
 
-    def s3_resource(self) -> S3Resource:
+    def s3_resource(self) -> LakeS3Resource:
         endpoint = self.endpoint or load_settings().s3_endpoint_url()
         if not endpoint:
             raise LakeAccessError(
                 f"lake s3://{self.bucket}: no S3 endpoint in the local profile: run `pinterest-platform stack up` "
                 "(it serves S3 with moto and creates the bucket) or set AWS_ENDPOINT_URL")
-        return S3Resource(endpoint_url=endpoint, region_name=self.region,
+        return LakeS3Resource(endpoint_url=endpoint, region_name=self.region,
                           aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
                           aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
                           aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
