@@ -30,3 +30,13 @@ def test_loading_the_code_location_imports_nothing_heavy(profile):
     assert done.returncode == 0, done.stderr
     imported = json.loads(done.stdout.strip().splitlines()[-1])
     assert imported == [], f"loading the {profile} code location imported {imported}"
+
+
+def test_source_table_columns_match_the_source_tables():
+    """assets/source.py writes the source tables' columns out (so the code location needs no SQLAlchemy):
+    they must be those of datagen's table definitions, the ones the seed creates."""
+    from pinterest_platform.assets.source import SOURCE_TABLE_COLUMNS
+    from pinterest_platform.datagen.generator import source_tables
+
+    assert SOURCE_TABLE_COLUMNS == {name: tuple((c.name, str(c.type), c.nullable) for c in table.columns)
+                                    for name, table in source_tables().items()}

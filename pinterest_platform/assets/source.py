@@ -13,7 +13,6 @@ from pydantic import Field
 
 from pinterest_platform import contract
 from pinterest_platform.assets.metadata import OWNERS
-from pinterest_platform.datagen.generator import seed_source_database, source_rows_held, source_tables
 from pinterest_platform.descriptions import column_descriptions
 from pinterest_platform.resources.source_db import SourceDatabaseResource, mask_url
 
@@ -28,13 +27,33 @@ _DESCRIPTIONS = {
 }
 
 
+# (name, SQL type, nullable) of each column of datagen.generator.source_tables(), as SQLAlchemy prints them:
+# written out so that loading the code location imports no SQLAlchemy (the seed asset imports it when it
+# runs); pinterest_platform_tests/test_light_code_location.py checks they match the tables' definitions
+SOURCE_TABLE_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    contract.SOURCE_PIN_TABLE: (
+        ("index", "INTEGER", False), ("unique_id", "VARCHAR(36)", False), ("title", "TEXT", True),
+        ("description", "TEXT", True), ("poster_name", "VARCHAR(255)", True), ("follower_count", "TEXT", True),
+        ("tag_list", "TEXT", True), ("is_image_or_video", "VARCHAR(64)", True), ("image_src", "VARCHAR(512)", True),
+        ("downloaded", "INTEGER", True), ("save_location", "VARCHAR(255)", True), ("category", "VARCHAR(64)", True),
+    ),
+    contract.SOURCE_GEO_TABLE: (
+        ("ind", "INTEGER", False), ("timestamp", "DATETIME", True), ("latitude", "DOUBLE", True),
+        ("longitude", "DOUBLE", True), ("country", "VARCHAR(255)", True),
+    ),
+    contract.SOURCE_USER_TABLE: (
+        ("ind", "INTEGER", False), ("first_name", "VARCHAR(255)", True), ("last_name", "VARCHAR(255)", True),
+        ("age", "INTEGER", True), ("date_joined", "DATETIME", True),
+    ),
+}
+
+
 def _column_schema(table_name: str) -> dg.TableSchema:
-    table = source_tables()[table_name]
     described = column_descriptions(table_name)  # a source table's columns are its events' wire fields
     return dg.TableSchema(columns=[
-        dg.TableColumn(name=c.name, type=str(c.type), description=described.get(c.name),
-                       constraints=dg.TableColumnConstraints(nullable=c.nullable))
-        for c in table.columns
+        dg.TableColumn(name=name, type=type_, description=described.get(name),
+                       constraints=dg.TableColumnConstraints(nullable=nullable))
+        for name, type_, nullable in SOURCE_TABLE_COLUMNS[table_name]
     ])
 
 
@@ -67,6 +86,8 @@ class SourceSeedConfig(dg.Config):
 def source_seed(context: dg.AssetExecutionContext, config: SourceSeedConfig,
                 source_db: SourceDatabaseResource) -> dg.MaterializeResult:
     """Creates the synthetic source database (local profile); tables holding rows are kept unless `replace`."""
+    from pinterest_platform.datagen.generator import seed_source_database, source_rows_held
+
     started = time.monotonic()
     url = mask_url(source_db.url)
     held = source_rows_held(source_db.url)
