@@ -48,12 +48,12 @@ def fake_bin(tmp_path):
         os.symlink(shutil.which(name), folder / name)
     log = tmp_path / "calls.log"
     write_tool(folder, "java", """echo 'openjdk version "17.0.2" 2022-01-18' >&2""")
-    for name in ("mvn", "openssl", "mariadbd", "mariadb-install-db"):
+    for name in ("mvn", "openssl", "mariadbd", "mariadb-install-db", "chromium"):
         write_tool(folder, name, "exit 0")
     write_tool(folder, "id", 'echo "${FAKE_UID:-1000}"')
     # an install puts the tool of each package it was given in place, as apt would
     write_tool(folder, "apt-get", f'echo "apt-get $*" >> {log}; for p in "$@"; do case "$p" in '
-                                  'maven) tool=mvn;; openssl) tool=openssl;; *) continue;; esac; '
+                                  'maven) tool=mvn;; openssl) tool=openssl;; chromium) tool=chromium;; *) continue;; esac; '
                                   f'printf "#!/bin/bash\\n" > {folder}/$tool; chmod +x {folder}/$tool; done')
     write_tool(folder, "apt-cache", f'echo "apt-cache $*" >> {log}; [ "$2" = openjdk-17-jre-headless ]')
     return folder
@@ -86,7 +86,7 @@ def test_this_machine_passes_fast_without_apt():
 def test_everything_present_exits_0_and_never_calls_apt(fake_bin):
     result = run_sysdeps(fake_bin)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "system packages present: java 17, maven, mariadb-server, openssl" in result.stdout
+    assert "system packages present: java 17, maven, mariadb-server, openssl, chromium" in result.stdout
     assert calls(fake_bin) == ""
 
 
@@ -99,6 +99,19 @@ def test_missing_tool_without_rights_prints_the_exact_command(fake_bin):
     assert "sudo apt-get update && sudo apt-get install -y --no-install-recommends maven\n" in result.stderr
     assert "then run the make command again" in result.stderr
     assert "apt-get update" not in calls(fake_bin) and "apt-get install" not in calls(fake_bin)
+
+
+def test_missing_chromium_is_installed_for_the_browser_test(fake_bin):
+    """pinterest_platform_tests/ui drives the `chromium` in PATH (Debian's package, not a browser download)."""
+    (fake_bin / "chromium").unlink()
+    write_tool(fake_bin, "sudo", "exit 1")
+    result = run_sysdeps(fake_bin)
+    assert result.returncode != 0
+    assert "sudo apt-get install -y --no-install-recommends chromium\n" in result.stderr
+    result = run_sysdeps(fake_bin, FAKE_UID="0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "apt-get install -y -qq --no-install-recommends chromium" in calls(fake_bin)
+    assert (fake_bin / "chromium").exists()
 
 
 def test_old_java_and_missing_mariadb_name_their_packages(fake_bin):

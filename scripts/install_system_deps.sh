@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the platform and its tests need: Java 17+ (Spark, Kafka), Maven (fetches the Delta and
-# Kafka jars), MariaDB server (the MySQL source tests), openssl (the TLS broker test's certificate), and
-# the venv module of a Debian system Python. `make install` (so `make test`, `make demo`, `make dev`) runs
-# this first, as does .ci/run.
+# Kafka jars), MariaDB server (the MySQL source tests), openssl (the TLS broker test's certificate),
+# Chromium (the browser test of the Dagster UI, pinterest_platform_tests/ui, drives Debian's build, not a
+# browser download of Playwright's own), and the venv module of a Debian system Python. `make install` (so
+# `make test`, `make demo`, `make dev`) runs this first, as does .ci/run.
 #
 # Checks first and exits 0 at once, without apt, when everything is there; otherwise installs what is
 # missing with apt-get as root or through passwordless sudo, and when it cannot (no rights, no apt-get)
@@ -46,13 +47,15 @@ missing() {
   command -v mvn >/dev/null || echo maven
   { found mariadbd mysqld && found mariadb-install-db mysql_install_db; } || echo mariadb-server
   command -v openssl >/dev/null || echo openssl
+  # the browser test launches the `chromium` found in PATH
+  command -v chromium >/dev/null || echo chromium
   if python_needs_venv; then echo python3-venv; fi
 }
 
 need=()
 while read -r item; do [ -n "$item" ] && need+=("$item"); done < <(missing)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system packages present: java $(java_major), maven, mariadb-server, openssl"
+  echo "system packages present: java $(java_major), maven, mariadb-server, openssl, chromium"
   exit 0
 fi
 
@@ -116,4 +119,4 @@ if [ ${#left[@]} -ne 0 ]; then
   echo "still missing after apt-get install: ${left[*]}" >&2
   exit 1
 fi
-echo "system packages present: java $(java_major), maven, mariadb-server, openssl"
+echo "system packages present: java $(java_major), maven, mariadb-server, openssl, chromium"
