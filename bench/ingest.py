@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events to post (3 records each)")
     parser.add_argument("--baseline", type=int, default=2_000,
                         help="records for the one-request-per-record baselines")
+    parser.add_argument("--only", choices=("kafka", "kinesis"), default=None,
+                        help="measure one target only (default: both)")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -253,23 +255,30 @@ def main(argv: list[str] | None = None) -> int:
             tiny = {k: [("0", b"{}")] for k in EVENT_KINDS}
             raw_kafka(kafka, f"bench{run}w", tiny)
             raw_kinesis(kinesis, f"bench{run}w", tiny)
-            print("measuring ...", flush=True)
-            record("kafka", "emulate(batch) direct: idempotent, acks=all", *emulated("batch", "direct", "a"))
-            record("kafka", "raw confluent Producer, pre-serialized", *raw_kafka(kafka, f"bench{run}b", payloads))
-            record("kafka", "emulate(batch, via=http): gateway, 500/request", *emulated("batch", "http", "c"))
-            kafka.ensure_topics([topic_name(f"bench{run}d", k) for k in EVENT_KINDS])
-            record("kafka", "baseline: 1 HTTP request per record (gateway)",
-                   *per_record_http_kafka(invoke_url, f"bench{run}d", payloads, args.baseline))
+            def measure_kafka() -> None:
+                record("kafka", "emulate(batch) direct: idempotent, acks=all", *emulated("batch", "direct", "a"))
+                record("kafka", "raw confluent Producer, pre-serialized", *raw_kafka(kafka, f"bench{run}b", payloads))
+                record("kafka", "emulate(batch, via=http): gateway, 500/request", *emulated("batch", "http", "c"))
+                kafka.ensure_topics([topic_name(f"bench{run}d", k) for k in EVENT_KINDS])
+                record("kafka", "baseline: 1 HTTP request per record (gateway)",
+                       *per_record_http_kafka(invoke_url, f"bench{run}d", payloads, args.baseline))
 
-            record("kinesis", "emulate(stream) direct: PutRecords x500", *emulated("stream", "direct", "e"))
-            record("kinesis", "raw boto3 put_records x500, pre-serialized",
-                   *raw_kinesis(kinesis, f"bench{run}f", payloads))
-            record("kinesis", "emulate(stream, via=http): gateway, 500/request", *emulated("stream", "http", "g"))
-            kinesis.ensure_streams([stream_name(f"bench{run}h", k) for k in EVENT_KINDS])
-            record("kinesis", "baseline: 1 HTTP request per record (gateway)",
-                   *per_record_http_kinesis(invoke_url, f"bench{run}h", payloads, args.baseline))
-            record("kinesis", "baseline: 1 boto3 PutRecord per record",
-                   *per_record_put_record(kinesis, f"bench{run}h", payloads, args.baseline))
+            def measure_kinesis() -> None:
+                record("kinesis", "emulate(stream) direct: PutRecords x500", *emulated("stream", "direct", "e"))
+                record("kinesis", "raw boto3 put_records x500, pre-serialized",
+                       *raw_kinesis(kinesis, f"bench{run}f", payloads))
+                record("kinesis", "emulate(stream, via=http): gateway, 500/request", *emulated("stream", "http", "g"))
+                kinesis.ensure_streams([stream_name(f"bench{run}h", k) for k in EVENT_KINDS])
+                record("kinesis", "baseline: 1 HTTP request per record (gateway)",
+                       *per_record_http_kinesis(invoke_url, f"bench{run}h", payloads, args.baseline))
+                record("kinesis", "baseline: 1 boto3 PutRecord per record",
+                       *per_record_put_record(kinesis, f"bench{run}h", payloads, args.baseline))
+
+            print("measuring ...", flush=True)
+            if args.only != "kinesis":
+                measure_kafka()
+            if args.only != "kafka":
+                measure_kinesis()
         finally:
             if gateway is not None:
                 gateway.terminate()
@@ -290,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for target in ("kafka", "kinesis"):
         rows = [r for r in results if r[0] == target]
+        if not rows:
+            continue
         raw = next(r for r in rows if r[1].startswith("raw"))
         baseline = next(r for r in rows if "HTTP request per record" in r[1])
         raw_rate = raw[2] / raw[3]
@@ -298,6 +309,36 @@ def main(argv: list[str] | None = None) -> int:
             rate = count / seconds
             print(f"{target:<8} {name:<52} {count:>9,} {seconds:>8.2f} {rate:>11,.0f} {rate / raw_rate:>6.2f}x "
                   f"{rate / base_rate:>8.1f}x")
+
+    def rate_of(target: str, prefix: str) -> float | None:
+        found = [r for r in results if r[0] == target and r[1].startswith(prefix)]
+        return found[0][2] / found[0][3] if found else None
+
+    def ratio(a: str, b: str) -> float | None:
+        return round(rates[a] / rates[b], 3) if rates[a] is not None and rates[b] else None
+
+    rates = {
+        "emulate_kafka": rate_of("kafka", "emulate(batch) direct"),
+        "raw_kafka_producer": rate_of("kafka", "raw confluent Producer"),
+        "emulate_kafka_http": rate_of("kafka", "emulate(batch, via=http)"),
+        "per_record_http_kafka": rate_of("kafka", "baseline: 1 HTTP request per record"),
+        "emulate_kinesis": rate_of("kinesis", "emulate(stream) direct"),
+        "raw_kinesis_put_records": rate_of("kinesis", "raw boto3 put_records"),
+        "emulate_kinesis_http": rate_of("kinesis", "emulate(stream, via=http)"),
+        "per_record_http_kinesis": rate_of("kinesis", "baseline: 1 HTTP request per record"),
+        "per_record_put_record": rate_of("kinesis", "baseline: 1 boto3 PutRecord per record"),
+    }
+    ratios = {
+        "emulate_kafka_vs_raw_producer": ratio("emulate_kafka", "raw_kafka_producer"),
+        "emulate_kafka_http_vs_raw_producer": ratio("emulate_kafka_http", "raw_kafka_producer"),
+        "emulate_kafka_http_vs_per_record_http": ratio("emulate_kafka_http", "per_record_http_kafka"),
+        "emulate_kinesis_vs_raw_put_records": ratio("emulate_kinesis", "raw_kinesis_put_records"),
+        "emulate_kinesis_http_vs_per_record_http": ratio("emulate_kinesis_http", "per_record_http_kinesis"),
+    }
+    print(json.dumps({"bench": "ingest", "ratios": {k: v for k, v in ratios.items() if v is not None},
+                      "records_per_second": {k: round(v, 1) for k, v in rates.items() if v is not None},
+                      "events": args.events, "records": records, "baseline_records": args.baseline,
+                      "cpus": os.cpu_count()}), flush=True)
     return 0
 
 

@@ -14,6 +14,12 @@ is the page's last key written to the cursor file, so `resume=True` continues ex
 acknowledged page. A record that still fails is counted and reported (non-zero exit code), never dropped
 silently; the run stops after that page so that a resume re-posts it.
 
+Throughput: a thread reads and encodes the next page while the current one is posted; rows are encoded by
+orjson wherever its text is byte-for-byte the stdlib encoder's (`encode_row`); Kafka delivery reports are
+counted by one callback per topic and attempt, and (Kafka only) the next page is produced while the
+previous one's reports come in, the cursor still advancing only past pages whose every record is
+acknowledged (a page posted after a failed one is waited for and counted, and posted again on resume).
+
 `posted_at=<date>` (Kafka only) stamps every Kafka record's timestamp (CreateTime) with that UTC day at the
 current UTC time of day of the moment it is produced, to replay history and test backfills: the raw sink
 files a record under the UTC day of its Kafka timestamp. Kinesis cannot be given an arrival time
@@ -29,10 +35,13 @@ import decimal
 import json
 import logging
 import os
+import queue
 import random
 import re
 import tempfile
+import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +74,14 @@ KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 HTTP_TOPIC_RECORDS_PER_REQUEST = 500
 HTTP_MAX_REQUEST_BYTES = 4 * 1024 * 1024   # under API Gateway's 10 MB payload limit
 MAX_ATTEMPTS = 6                  # sends of one record before it counts as failed (lost)
+# the emulator's producer settings on top of the resource's (idempotence and acks=all come from there and
+# are not changed here), chosen by measurement (bench/ingest.py on the local stack, 2 CPUs): without lz4
+# the same run took 35-40 % less time (the producer is CPU-bound here, compressing competes with reading
+# and encoding); a longer linger.ms gained ~10 % with lz4, nothing measurable without. The records are the
+# same bytes either way (compression is per batch, undone by the consumer); where network bytes cost more
+# than CPU (MSK across zones), pass compression_type="lz4" through `KafkaSink(..., **producer_overrides)`.
+KAFKA_PRODUCER_SETTINGS: dict[str, Any] = {"compression.type": "none"}
+PIPELINE_PAGES = 1                # pages posted to Kafka before the previous one's acknowledgements are all in
 DAY_MS = 86_400_000
 RETENTION_MARGIN_MS = 3_600_000   # a posted_at replay must stay within the topics' retention this long
 
@@ -238,6 +255,16 @@ class SourceReader:
                 positions.append((col, len(selected)))
                 selected.append(table.c[col].label(f"{kind}__{n}"))
             self.layout.append((kind, positions))
+        self.columns = [col for _, positions in self.layout for col, _ in positions]
+        # per kind: (kind, its column names, slice of the joined row, its key's position, datetime columns)
+        self.slices = []
+        for kind, positions in self.layout:
+            cols = [col for col, _ in positions]
+            first = positions[0][1]
+            assert [pos for _, pos in positions] == list(range(first, first + len(cols)))
+            key_pos = first + cols.index(SOURCE_KEY[SOURCE_TABLE_OF[kind]])
+            self.slices.append((kind, cols, first, first + len(cols), key_pos,
+                                [c for c in cols if c in DATETIME_COLUMNS]))
         self.pin_key_pos = dict(self.layout[0][1])[SOURCE_KEY[SOURCE_PIN_TABLE]]
         self.geo_key_pos = dict(self.layout[1][1])[SOURCE_KEY[SOURCE_GEO_TABLE]]
         self.user_key_pos = dict(self.layout[2][1])[SOURCE_KEY[SOURCE_USER_TABLE]]
@@ -256,8 +283,9 @@ class SourceReader:
             total = int(conn.execute(query).scalar_one())
         return min(total, limit) if limit is not None else total
 
-    def pages(self, after: int | None = None, limit: int | None = None,
-              page_size: int | None = None) -> Iterator[list[Event]]:
+    def row_pages(self, after: int | None = None, limit: int | None = None,
+                  page_size: int | None = None) -> Iterator[list[tuple]]:
+        """The joined source rows (plain tuples, as the driver returns them), one page at a time."""
         page_size = page_size or self.page_size
         remaining = limit
         while remaining is None or remaining > 0:
@@ -268,28 +296,108 @@ class SourceReader:
             query = query.limit(n)
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=n).execute(query)
-                events = [self._event(row) for row in result]
-            if not events:
+                rows = [tuple(row) for row in result]
+            if not rows:
                 return
-            yield events
-            after = events[-1][0]
+            yield rows
+            after = int(rows[-1][self.pin_key_pos])
             if remaining is not None:
-                remaining -= len(events)
-            if len(events) < n:
+                remaining -= len(rows)
+            if len(rows) < n:
                 return
 
+    def pages(self, after: int | None = None, limit: int | None = None,
+              page_size: int | None = None) -> Iterator[list[Event]]:
+        """Events (key and the three rows as posted), one page at a time."""
+        for rows in self.row_pages(after, limit, page_size):
+            yield [self._event(row) for row in rows]
+
+    def record_pages(self, after: int | None = None, limit: int | None = None,
+                     page_size: int | None = None) -> Iterator[Page]:
+        """Pages of records ready to post (rows and their JSON text); see `Page`."""
+        for rows in self.row_pages(after, limit, page_size):
+            yield self.page(rows)
+
     def _event(self, row) -> Event:
-        rows: dict[str, dict[str, Any] | None] = {
-            kind: {col: _wire_value(col, row[pos]) for col, pos in positions}
-            for kind, positions in self.layout}
-        if row[self.geo_key_pos] is None:   # left join found no geolocation_data row for this key
-            rows["geo"] = None
-        if row[self.user_key_pos] is None:
-            rows["user"] = None
-        return int(row[self.pin_key_pos]), rows
+        rows = self._rows(row)
+        return int(row[self.pin_key_pos]), dict(zip(EVENT_KINDS, rows, strict=True))
+
+    def _rows(self, row: tuple) -> tuple[dict[str, Any] | None, ...]:
+        """The three rows of one joined source row as posted (None: no row of that kind for the key)."""
+        if not _PLAIN.issuperset(map(type, row)):   # e.g. datetime or Decimal objects (MySQL)
+            row = tuple(_wire_value(col, value) for col, value in zip(self.columns, row, strict=True))
+        out = []
+        for kind, columns, start, stop, key_pos, dt_positions in self.slices:
+            if kind != "pin" and row[key_pos] is None:   # the left join found no row of this kind
+                out.append(None)
+                continue
+            values = dict(zip(columns, row[start:stop]))
+            for col in dt_positions:
+                value = values[col]
+                if type(value) is str and _SPACE_SEPARATED_DATETIME.match(value):
+                    values[col] = value[:10] + "T" + value[11:]
+            out.append(values)
+        return tuple(out)
+
+    def page(self, rows: list[tuple]) -> Page:
+        """A page of joined source rows as records, in posting order (pin, geo, user of each event in turn),
+        with their JSON text. The per-row work is what `_rows` and `encode_row` do, inlined."""
+        key_pos = self.pin_key_pos
+        page = Page(events=len(rows), first_key=int(rows[0][key_pos]), last_key=int(rows[-1][key_pos]))
+        kinds, keys, values, payloads = page.kinds, page.keys, page.rows, page.payloads
+        add_kind, add_key, add_row, add_payload = kinds.append, keys.append, values.append, payloads.append
+        missing = dict.fromkeys(EVENT_KINDS, 0)
+        plain = _PLAIN.issuperset
+        encode = _encode_plain if _orjson is not None else _stdlib_encode
+        match = _SPACE_SEPARATED_DATETIME.match
+        slices = self.slices
+        for row in rows:
+            if not plain(map(type, row)):   # e.g. datetime or Decimal objects (MySQL)
+                row = tuple(_wire_value(col, value) for col, value in zip(self.columns, row, strict=True))
+            key = row[key_pos]
+            if type(key) is not int:
+                key = int(key)
+            for kind, columns, start, stop, kind_key_pos, dt_columns in slices:
+                if row[kind_key_pos] is None:   # the left join found no row of this kind
+                    missing[kind] += 1
+                    continue
+                obj = dict(zip(columns, row[start:stop]))
+                for col in dt_columns:
+                    value = obj[col]
+                    if type(value) is str and match(value):
+                        obj[col] = value[:10] + "T" + value[11:]
+                add_kind(kind)
+                add_key(key)
+                add_row(obj)
+                add_payload(encode(obj))
+        page.missing = {kind: n for kind, n in missing.items() if n}
+        return page
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@dataclass
+class Page:
+    """One page of events as records, in posting order, as parallel lists: `kinds[i]` ("pin"/"geo"/"user"),
+    `keys[i]` (the event's key), `rows[i]` (the row object) and `payloads[i]` (its JSON text)."""
+
+    events: int
+    first_key: int
+    last_key: int
+    kinds: list[str] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    missing: dict[str, int] = field(default_factory=dict)   # events lacking a row of that kind
+    _records: list[Outgoing] | None = field(default=None, repr=False)
+
+    @property
+    def records(self) -> list[Outgoing]:
+        if self._records is None:
+            self._records = [Outgoing(k, key, row, payload) for k, key, row, payload
+                             in zip(self.kinds, self.keys, self.rows, self.payloads, strict=True)]
+        return self._records
 
 
 # --- sinks ----------------------------------------------------------------------------------------
@@ -312,10 +420,49 @@ class Outgoing:
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
+try:  # a C encoder about 15x faster than the stdlib's; its output is used only where it is the same bytes
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency of the orchestrator extra
+    _orjson = None
+
+# orjson writes some floats differently from the stdlib encoder (the reference): magnitudes below 1e-4
+# (`0.00001` for `1e-05`, `1e-7` for `1e-07`) and NaN/Infinity (`null` for `NaN`). Its text holds one of
+# these markers then; only a text with a marker (a UUID or a None value has one too) has its row's values
+# looked at, and the row is encoded by the stdlib when it holds such a float.
+_ORJSON_MARKERS = (b"e-", b"0.0000", b"null")
+_INF = float("inf")
+
+
+def _stdlib_encode(row: Any) -> bytes:
+    return _ENCODER.encode(row).encode("utf-8")
+
+
+def _orjson_differs(values) -> bool:
+    """Whether orjson would write one of these values differently from the stdlib encoder."""
+    for value in values:
+        if type(value) is float and not (1e-4 <= abs(value) < _INF) and value != 0.0:
+            return True   # below 1e-4 (but not zero), infinite or NaN
+    return False
+
+
+def _encode_plain(row: dict[str, Any]) -> bytes:
+    """`encode_row` of a row whose values are all of a `_PLAIN` type."""
+    try:
+        out = _orjson.dumps(row)
+    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a lone surrogate ...
+        return _stdlib_encode(row)
+    if (b"e-" in out or b"0.0000" in out or b"null" in out) and _orjson_differs(row.values()):
+        return _stdlib_encode(row)
+    return out
+
 
 def encode_row(row: dict[str, Any]) -> bytes:
-    """A row as compact UTF-8 JSON text (emoji kept as characters)."""
-    return _ENCODER.encode(row).encode("utf-8")
+    """A row as compact UTF-8 JSON text (emoji kept as characters): exactly the bytes of
+    `json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")`, produced by orjson when
+    every value is a plain str/int/float/bool/None and its text cannot differ, else by the stdlib."""
+    if _orjson is not None and _PLAIN.issuperset(map(type, row.values())):
+        return _encode_plain(row)
+    return _stdlib_encode(row)
 
 
 @dataclass
@@ -351,6 +498,19 @@ class Sink:
     def send(self, records: Sequence[Outgoing]) -> SendResult:
         raise NotImplementedError
 
+    def send_page(self, page: Page) -> SendResult:
+        """Post a page's records (every one acknowledged or counted as failed when this returns)."""
+        return self.send(page.records)
+
+    # a sink that can post a page while the previous one's acknowledgements are awaited (submit, then wait)
+    pipelined = False
+
+    def submit(self, page: Page) -> Any:
+        return self.send_page(page)
+
+    def wait(self, ticket: Any) -> SendResult:
+        return ticket
+
     def close(self) -> None:
         pass
 
@@ -385,18 +545,42 @@ def _day_start_ms(day: _dt.date) -> int:
     return int(_dt.datetime(day.year, day.month, day.day, tzinfo=_dt.timezone.utc).timestamp()) * 1000
 
 
-def _delivery_recorder(outcome: dict[int, Any], idx: int) -> Callable:
-    """Delivery callback storing the message's error (None: acknowledged) under its index."""
+class _Deliveries:
+    """The delivery reports of one topic's records in one attempt: one callback for all of them (no object
+    per record); a failed report keeps its message (topic, key and value, to re-produce it)."""
 
-    def on_delivery(err, _msg) -> None:
-        outcome[idx] = err
+    __slots__ = ("reported", "failed", "on_delivery")
 
-    return on_delivery
+    def __init__(self) -> None:
+        self.reported = 0
+        self.failed: list[tuple[Any, Any]] = []   # (error, message)
+        counts = self
+
+        def on_delivery(err, msg) -> None:
+            counts.reported += 1
+            if err is not None:
+                counts.failed.append((err, msg))
+
+        self.on_delivery = on_delivery
+
+
+@dataclass
+class _Attempt:
+    """Records produced in one attempt and their delivery reports so far."""
+
+    count: int
+    produced: Counter
+    deliveries: dict[str, _Deliveries]
+    producer: Any
+    attempt: int
+    result: SendResult
 
 
 class KafkaSink(Sink):
     """Kafka through an idempotent producer (acks=all). Every message's delivery report is awaited; a failed
-    delivery is re-produced up to `max_attempts` times, then counted as failed."""
+    delivery is re-produced up to `max_attempts` times, then counted as failed. Reports are counted per
+    topic and per attempt by one callback each; only a failed report is looked at (its message gives the
+    record to re-produce)."""
 
     name = "kafka"
 
@@ -409,7 +593,8 @@ class KafkaSink(Sink):
         self.clock = PostedAtClock(posted_at) if posted_at is not None else None
         self.max_attempts = max_attempts
         self.delivery_timeout = delivery_timeout_ms / 1000
-        self.overrides = {"message.timeout.ms": delivery_timeout_ms, **producer_overrides}
+        self.overrides = {"message.timeout.ms": delivery_timeout_ms, **KAFKA_PRODUCER_SETTINGS,
+                          **producer_overrides}
         self.topics = {kind: topic_name(prefix, kind) for kind in EVENT_KINDS}
         self.producer = kafka.producer(**self.overrides)
 
@@ -417,59 +602,104 @@ class KafkaSink(Sink):
         return list(self.topics.values())
 
     def send(self, records: Sequence[Outgoing]) -> SendResult:
-        result = SendResult()
-        pending = list(records)
-        attempt = 0
-        while pending:
-            attempt += 1
-            outcome: dict[int, Any] = {}
-            for idx, rec in enumerate(pending):
-                self._produce(self.topics[rec.kind], str(rec.key).encode(), rec.payload(),
-                              _delivery_recorder(outcome, idx))
-            # wait for every delivery report of this attempt (librdkafka bounds it by message.timeout.ms;
-            # the deadline only guards against a report that never comes)
+        return self._send([self.topics[r.kind] for r in records], [str(r.key).encode() for r in records],
+                          [r.payload() for r in records])
+
+    pipelined = True
+
+    def send_page(self, page: Page) -> SendResult:
+        return self.wait(self.submit(page))
+
+    def submit(self, page: Page) -> _Attempt:
+        """Produce a page's records without waiting for their delivery reports (see `wait`)."""
+        topics = self.topics
+        return self._submit([topics[kind] for kind in page.kinds], [b"%d" % key for key in page.keys],
+                            page.payloads, 1, SendResult())
+
+    def _send(self, topics: list[str], keys: list[bytes], values: list[bytes]) -> SendResult:
+        return self.wait(self._submit(topics, keys, values, 1, SendResult()))
+
+    def _submit(self, topics: list[str], keys: list[bytes], values: list[bytes], attempt: int,
+                result: SendResult) -> _Attempt:
+        produced = Counter(topics)   # records per topic
+        deliveries = {topic: _Deliveries() for topic in produced}
+        producer = self.producer
+        self._produce_all(topics, keys, values, {t: d.on_delivery for t, d in deliveries.items()})
+        return _Attempt(len(topics), produced, deliveries, producer, attempt, result)
+
+    def wait(self, ticket: _Attempt) -> SendResult:
+        """Wait for every delivery report of a submitted page, re-producing the failed records (bounded);
+        returns what was acknowledged, re-sent and failed."""
+        result = ticket.result
+        while True:
+            # librdkafka reports every message by message.timeout.ms; the deadline only guards against a
+            # report that never comes. The producer polled is the one the records went to (a producer in
+            # fatal state is replaced, but its reports are still served).
             deadline = time.monotonic() + self.delivery_timeout + 60
-            while len(outcome) < len(pending) and time.monotonic() < deadline:
-                self.producer.flush(1.0)
-            for idx in range(len(pending)):
-                outcome.setdefault(idx, "no delivery report before the deadline")
-            failed, fatal = [], False
-            for idx, rec in enumerate(pending):
-                err = outcome[idx]
-                if err is None:
-                    result.add(result.sent, self.topics[rec.kind])
-                else:
-                    failed.append(rec)
+            deliveries = ticket.deliveries.values()
+            while sum(d.reported for d in deliveries) < ticket.count and time.monotonic() < deadline:
+                ticket.producer.poll(0.5)
+            retry_topics, retry_keys, retry_values, fatal = [], [], [], False
+            for topic, d in ticket.deliveries.items():
+                unreported = ticket.produced[topic] - d.reported
+                if unreported > 0:
+                    # cannot tell which records these are: counted as failed, so the run stops before the
+                    # cursor passes them and a resume posts the page again (never lost, maybe twice)
+                    result.add(result.failed, topic, unreported)
+                    result.errors.append(f"{topic}: {unreported} records had no delivery report before the "
+                                         f"deadline")
+                result.add(result.sent, topic, d.reported - len(d.failed))
+                for err, msg in d.failed:
                     fatal = fatal or bool(getattr(err, "fatal", lambda: False)())  # a KafkaError
+                    key = msg.key()
                     if len(result.errors) < 20:
-                        result.errors.append(f"{self.topics[rec.kind]} key {rec.key}: {err}")
-            if not failed:
-                break
-            if fatal:  # an idempotent producer in fatal state must be replaced
+                        result.errors.append(f"{topic} key {key.decode() if key is not None else key}: {err}")
+                    retry_topics.append(topic)
+                    retry_keys.append(key)
+                    retry_values.append(msg.value())
+            if not retry_topics:
+                return result
+            if fatal and ticket.producer is self.producer:  # an idempotent producer in fatal state is replaced
                 log.warning("Kafka producer fatal error; recreating the producer")
                 self.producer = self.kafka.producer(**self.overrides)
-            if attempt >= self.max_attempts:
-                for rec in failed:
-                    result.add(result.failed, self.topics[rec.kind])
-                break
-            for rec in failed:
-                result.add(result.retried, self.topics[rec.kind])
-            log.warning("re-producing %d undelivered Kafka records (attempt %d)", len(failed), attempt + 1)
-            time.sleep(_backoff(attempt))
-            pending = failed
-        return result
+            if ticket.attempt >= self.max_attempts:
+                for topic in retry_topics:
+                    result.add(result.failed, topic)
+                return result
+            for topic in retry_topics:
+                result.add(result.retried, topic)
+            log.warning("re-producing %d undelivered Kafka records (attempt %d)", len(retry_topics),
+                        ticket.attempt + 1)
+            time.sleep(_backoff(ticket.attempt))
+            ticket = self._submit(retry_topics, retry_keys, retry_values, ticket.attempt + 1, result)
+
+    def _produce_all(self, topics: list[str], keys: list[bytes], values: list[bytes],
+                     callbacks: dict[str, Callable]) -> None:
+        """Produce the records in order, without waiting (the delivery reports are served by flush)."""
+        produce = self.producer.produce
+        clock = self.clock
+        for topic, key, value in zip(topics, keys, values, strict=True):
+            callback = callbacks[topic]
+            try:
+                if clock is None:   # the producer's own timestamp (now)
+                    produce(topic, value=value, key=key, on_delivery=callback)
+                else:
+                    produce(topic, value=value, key=key, on_delivery=callback, timestamp=clock())
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self._produce(topic, key, value, callback)
 
     def _produce(self, topic: str, key: bytes, value: bytes, callback: Callable) -> None:
         while True:
+            self.producer.poll(0.1)
             try:
-                if self.clock is None:   # the producer's own timestamp (now)
+                if self.clock is None:
                     self.producer.produce(topic, value=value, key=key, on_delivery=callback)
                 else:
                     self.producer.produce(topic, value=value, key=key, on_delivery=callback,
                                           timestamp=self.clock())
                 return
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.1)
+            except BufferError:
+                continue
 
     def close(self) -> None:
         self.producer.flush(30)
@@ -864,16 +1094,47 @@ class _RateLimiter:
         self.done += upcoming
 
 
-def _outgoing(events: list[Event], missing: dict[str, int]) -> list[Outgoing]:
-    records = []
-    for key, rows in events:
-        for kind in EVENT_KINDS:
-            row = rows[kind]
-            if row is None:
-                missing[kind] = missing.get(kind, 0) + 1
-            else:
-                records.append(Outgoing(kind, key, row))
-    return records
+def _read_ahead(pages: Iterator[Page], depth: int = 1):
+    """The pages of `pages`, read (and encoded) by a thread `depth` pages ahead of the consumer: the source
+    is read while the previous page is posted. The reading thread's exception is raised in the consumer;
+    closing the generator stops the thread."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for page in pages:
+                if not put(page):
+                    return
+            put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+        finally:
+            pages.close()
+
+    worker = threading.Thread(target=read, name="emulator-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: str = "pinterest",
@@ -946,47 +1207,75 @@ def emulate(source_db_url: str, mode: Mode, kafka=None, kinesis=None, prefix: st
     started = time.monotonic()
     bar = None
     pool = ThreadPoolExecutor(max_workers=len(sinks), thread_name_prefix="emulator") if len(sinks) > 1 else None
+    pages = None
     try:
         total = reader.count(after, limit)
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="event", desc=f"posting ({mode}, {via})", dynamic_ncols=True)
-        for events in reader.pages(after=after, limit=limit):
-            if report.first_key is None:
-                report.first_key = events[0][0]
-            report.events_read += len(events)
-            records = _outgoing(events, report.missing_rows)
-            limiter.wait(len(events))
-            if pool is not None:
-                results = list(pool.map(lambda sink, batch=records: sink.send(batch), sinks))
-            else:
-                results = [sinks[0].send(records)]
-            page = SendResult()
+        # the next page is read and encoded while this one is posted and its acknowledgements awaited; a
+        # pipelined sink (Kafka alone) also posts the next page before the previous one's acknowledgements
+        # are all in, the cursor advancing only past pages whose every record is acknowledged
+        window = PIPELINE_PAGES if all(sink.pipelined for sink in sinks) else 0
+        in_flight: deque = deque()
+
+        def settle(done: Page, results: list[SendResult]) -> None:
+            outcome = SendResult()
             for r in results:
-                page.merge(r)
-            for dest, n in page.sent.items():
+                outcome.merge(r)
+            for dest, n in outcome.sent.items():
                 report.sent[dest] = report.sent.get(dest, 0) + n
-            for dest, n in page.failed.items():
+            for dest, n in outcome.failed.items():
                 report.failed[dest] = report.failed.get(dest, 0) + n
-            for dest, n in page.retried.items():
+            for dest, n in outcome.retried.items():
                 report.retried[dest] = report.retried.get(dest, 0) + n
-            report.errors.extend(page.errors[: max(0, 20 - len(report.errors))])
+            report.errors.extend(outcome.errors[: max(0, 20 - len(report.errors))])
             if bar is not None:
-                bar.update(len(events))
-            if sum(page.failed.values()):
+                bar.update(done.events)
+            if report.stopped_early:   # an earlier page was not fully acknowledged: the cursor stays before it
+                return
+            if sum(outcome.failed.values()):
                 # this page is not fully acknowledged: keep the cursor before it and stop here
                 report.stopped_early = True
                 log.error("stopping: %d records of the page after key %s could not be delivered",
-                          sum(page.failed.values()), report.last_key)
-                break
-            report.last_key = events[-1][0]
+                          sum(outcome.failed.values()), report.last_key)
+                return
+            report.last_key = done.last_key
             if cursor_path is not None:
                 write_cursor(cursor_path, report.last_key, mode=mode, via=via, prefix=prefix,
                              **({"posted_at": report.posted_at} if posted_at is not None else {}))
+
+        pages = _read_ahead(reader.record_pages(after=after, limit=limit))
+        for page in pages:
+            if report.first_key is None:
+                report.first_key = page.first_key
+            report.events_read += page.events
+            for kind, n in page.missing.items():
+                report.missing_rows[kind] = report.missing_rows.get(kind, 0) + n
+            limiter.wait(page.events)
+            if window:
+                in_flight.append((page, [sink.submit(page) for sink in sinks]))
+                if len(in_flight) <= window:
+                    continue
+                done, tickets = in_flight.popleft()
+                settle(done, [sink.wait(t) for sink, t in zip(sinks, tickets, strict=True)])
+            elif pool is not None:
+                if any(not isinstance(sink, KafkaSink) for sink in sinks):
+                    page.records  # noqa: B018 - built once here, not in two threads at once
+                settle(page, list(pool.map(lambda sink, page=page: sink.send_page(page), sinks)))
+            else:
+                settle(page, [sinks[0].send_page(page)])
+            if report.stopped_early:
+                break
+        while in_flight:   # posted already: wait for their reports (counted; the cursor stops at a failure)
+            done, tickets = in_flight.popleft()
+            settle(done, [sink.wait(t) for sink, t in zip(sinks, tickets, strict=True)])
         for sink in sinks:
             sink.close()
     finally:
+        if pages is not None:
+            pages.close()
         report.seconds = time.monotonic() - started
         if bar is not None:
             bar.close()

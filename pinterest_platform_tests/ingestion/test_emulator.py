@@ -315,6 +315,22 @@ def test_permanent_kinesis_failure_is_reported_not_lost(source, kinesis, fast_ba
         assert int(poison) in stored
 
 
+class _DroppedMessage:
+    """What librdkafka hands a delivery callback along with the error: the message (topic, key, value)."""
+
+    def __init__(self, topic, key, value):
+        self._topic, self._key, self._value = topic, key, value
+
+    def topic(self):
+        return self._topic
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+
 class DroppingProducer:
     """Wraps a real producer: the first `drop` messages are not sent and their delivery reports say
     the message timed out, as librdkafka reports a delivery that never got acknowledged."""
@@ -332,14 +348,15 @@ class DroppingProducer:
             from confluent_kafka import KafkaError
 
             self.dropped.append(key)
-            self._due.append((on_delivery, KafkaError(KafkaError._MSG_TIMED_OUT, "injected: not acknowledged")))
+            self._due.append((on_delivery, KafkaError(KafkaError._MSG_TIMED_OUT, "injected: not acknowledged"),
+                              _DroppedMessage(topic, key, value)))
             return
         self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **kwargs)
 
     def _fire(self):
         due, self._due = self._due, []
-        for callback, err in due:
-            callback(err, None)
+        for callback, err, msg in due:
+            callback(err, msg)
 
     def poll(self, timeout=None):
         self._fire()
@@ -755,3 +772,55 @@ def test_cli_posted_at_posts_and_keeps_the_cursor(source, kafka, monkeypatch, ca
     assert read_cursor(emulator.default_cursor_path(state, prefix, "batch")) is not None
     stamps = [ts for _, _, ts in produce_order(kafka, prefix)]
     assert len(stamps) == 15 and all(day_start_ms(day) <= ts < day_start_ms(day) + DAY_MS for ts in stamps)
+
+
+# --- the JSON text on the wire -----------------------------------------------------------------------
+
+
+def test_encode_row_is_byte_for_byte_the_stdlib_compact_json():
+    """encode_row (orjson where it writes the same bytes) == json.dumps(ensure_ascii=False, compact), for
+    the values a source row can hold: floats of every magnitude (orjson writes 1e-05 as 0.00001), NaN and
+    infinities, None, huge ints, emoji, control characters, strings that look like those markers."""
+    import math
+    import random
+    import struct
+
+    def reference(row):
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    rng = random.Random(13)
+    floats = [0.0, -0.0, 1e-4, 9.999e-5, 1e-5, -1e-7, 1e-10, 5e-324, 1e15, 1e16, 1.5e22, 123456789012345.6,
+              -5.34445, 12.123456789012345, math.nan, math.inf, -math.inf, 1.7976931348623157e308]
+    floats += [rng.uniform(-1, 1) * 10 ** rng.randint(-12, 20) for _ in range(3000)]
+    floats += [struct.unpack("d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)]
+    texts = ["", "plain", "User Info Error 😀 ", "a\x00\x1f\x7f\"\\/\n\t\u2028\u2029é", "1e-5", "0.00001",
+             "null", "756d3bcb-8e35-4b6a-be1e-77e1cff61e34", "Local save in /data/art"]
+    ints = [0, -1, 2**63 - 1, -2**63, 2**64, -2**70, True, False]
+    for i, value in enumerate(floats):
+        row = {"ind": i, "timestamp": "2020-08-28T03:52:47", "latitude": value, "longitude": -value,
+               "country": texts[i % len(texts)], "n": ints[i % len(ints)], "none": None if i % 3 else "x"}
+        assert emulator.encode_row(row) == reference(row), row
+    for text in texts:
+        assert emulator.encode_row({"title": text, "k": None}) == reference({"title": text, "k": None})
+    # a lone surrogate cannot be UTF-8: an error, as with the stdlib
+    with pytest.raises(UnicodeEncodeError):
+        emulator.encode_row({"title": "\ud800"})
+
+
+def test_pages_carry_the_rows_and_their_json_in_posting_order(source):
+    url, _, expected = source
+    reader = emulator.SourceReader(url, page_size=PAGE)
+    try:
+        keys = sorted(expected["pin"])
+        seen = []
+        for page in reader.record_pages(limit=500):
+            assert page.events <= PAGE and page.first_key == page.keys[0] and page.last_key == page.keys[-1]
+            for kind, key, row, payload in zip(page.kinds, page.keys, page.rows, page.payloads, strict=True):
+                assert row == expected[kind][key] and payload == emulator.encode_row(row)
+                seen.append((key, kind))
+        assert seen == [(k, kind) for k in keys[:500] for kind in EVENT_KINDS]
+        events = [e for p in reader.pages(limit=500) for e in p]
+        assert [k for k, _ in events] == keys[:500]
+        assert all(rows[kind] == expected[kind][key] for key, rows in events for kind in EVENT_KINDS)
+    finally:
+        reader.close()
