@@ -49,8 +49,17 @@ _LOCATIONS = """{ workspaceOrError { __typename ... on Workspace { locationEntri
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
 
 
+@pytest.fixture(scope="session")  # session, like local_stack: so it is looked up first
+def chromium() -> str:
+    """Debian's chromium, looked up before anything is built: a machine without it fails, never skips."""
+    path = shutil.which("chromium")
+    assert path, ("chromium is not installed: the browser test needs Debian's `chromium` package "
+                  "(run scripts/install_system_deps.sh, or `apt-get install chromium`)")
+    return path
+
+
 @pytest.fixture(scope="module")
-def instance(local_stack, tmp_path_factory):
+def instance(chromium, local_stack, tmp_path_factory):
     """A user's state, lake and Dagster instance after seed, emulate and `run batch` with few events."""
     home = tmp_path_factory.mktemp("ui_instance")
     env = cli_env(local_stack, home, home / "source.db", prefix="ui")
@@ -113,14 +122,11 @@ def _stop_group(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser_context(dagster_dev):
+def browser_context(chromium, dagster_dev):
     """Headless Debian Chromium under Playwright: one context (so one dismissal of the UI's welcome dialog)."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)
-    chromium = shutil.which("chromium")
-    assert chromium, ("chromium is not installed: the browser test needs Debian's `chromium` package "
-                      "(run scripts/install_system_deps.sh, or `apt-get install chromium`)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         context = browser.new_context(base_url=dagster_dev, viewport={"width": 1600, "height": 1200})
