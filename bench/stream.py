@@ -129,27 +129,24 @@ def boto3_drain(kinesis, streams: dict[str, str]) -> int:
 
 
 def source_only_drain(spark, streams: dict[str, str], endpoint: str, checkpoint_root: Path) -> int:
+    """The source as the stream job reads it: one availableNow query over the three streams, into a counter."""
     from pinterest_platform.streaming.kinesis_source import FORMAT_NAME, register
 
     register(spark)
     counted = [0]
-    lock = threading.Lock()
-    queries = []
-    for kind, name in streams.items():
-        def count(df, _batch_id):
-            n = df.count()
-            with lock:
-                counted[0] += n
 
-        reader = (spark.readStream.format(FORMAT_NAME).option("streamName", name).option("region", REGION)
-                  .option("endpoint", endpoint).option("awsAccessKey", "testing").option("awsSecretKey", "testing"))
-        queries.append(reader.load().writeStream.foreachBatch(count)
-                       .option("checkpointLocation", str(checkpoint_root / f"source-{kind}"))
-                       .trigger(availableNow=True).start())
-    for query in queries:
-        query.awaitTermination()
-        if query.exception():
-            raise query.exception()
+    def count(df, _batch_id):
+        counted[0] += df.count()
+
+    reader = (spark.readStream.format(FORMAT_NAME).option("streamName", ",".join(streams.values()))
+              .option("region", REGION).option("endpoint", endpoint).option("availableNow", "true")
+              .option("awsAccessKey", "testing").option("awsSecretKey", "testing"))
+    query = (reader.load().writeStream.foreachBatch(count)
+             .option("checkpointLocation", str(checkpoint_root / "source"))
+             .trigger(availableNow=True).start())
+    query.awaitTermination()
+    if query.exception():
+        raise query.exception()
     return counted[0]
 
 
@@ -169,7 +166,7 @@ def warm_up(spark, endpoint: str, shards: int, work: Path) -> float:
     return m.seconds
 
 
-def drain_benchmark(spark, endpoint: str, events: int, shards: int, work: Path) -> list[list]:
+def drain_benchmark(spark, endpoint: str, events: int, shards: int, work: Path) -> tuple[list[list], dict]:
     from pinterest_platform.jobs.stream import stream
 
     kinesis = client(endpoint)
@@ -200,8 +197,12 @@ def drain_benchmark(spark, endpoint: str, events: int, shards: int, work: Path) 
         return [name, f"{m.seconds:.1f}", f"{rate:,.0f}", f"{raw.seconds / m.seconds:.2f}",
                 f"{m.peak_rss_mb:,.0f}", extra]
 
+    appended = sum(e.get("appended", 0) for e in result["streams"].values())
+    merged = sum(e.get("merged", 0) for e in result["streams"].values())
     return [row("raw boto3 GetRecords (baseline)", raw), row("kinesis-local source only", source),
-            row("stream job (clean + MERGE)", job, f"{batches} batches")]
+            row("stream job (clean + write)", job, f"{batches} batches, {appended} rows appended, {merged} merged")], {
+        "drain_vs_raw_getrecords": raw.seconds / job.seconds, "source_vs_raw_getrecords": raw.seconds / source.seconds,
+        "peak_rss_mb": max(source.peak_rss_mb, job.peak_rss_mb)}
 
 
 # --- end-to-end latency -------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def latency_benchmark(spark, endpoint: str, rate: float, duration: float, interv
          f"{percentile(latencies, .95):.2f}", f"{max(latencies):.2f}",
          f"{statistics.median(latencies) / max(statistics.median(raw), 1e-3):.0f}"],
     ]
-    info = {**warm, "missing": missing, "stopped_by": result["stopped_by"], "seconds": round(run.seconds, 1),
+    info = {**warm, "p50": percentile(latencies, .5), "p95": percentile(latencies, .95), "missing": missing, "stopped_by": result["stopped_by"], "seconds": round(run.seconds, 1),
             "batches": {k: e["batches"] for k, e in result["streams"].items()}, "peak_rss_mb": round(run.peak_rss_mb)}
     return rows, info
 
@@ -333,13 +334,16 @@ def main() -> int:
             moto, endpoint = start_moto(work / "moto.log")
         try:
             with measure() as startup:
-                spark = local_spark_session()
+                # a loaded machine starts Python workers slowly: give them longer than 15 s to connect back
+                spark = local_spark_session({"spark.python.authenticate.socketTimeout": "120s"})
             print(f"Spark session in {startup.seconds:.1f}s; moto at {endpoint}", flush=True)
             print(f"warm-up (200 events through both Spark paths, cold): {warm_up(spark, endpoint, args.shards, work):.1f}s",
                   flush=True)
-            drain = drain_benchmark(spark, endpoint, args.events, args.shards, work)
+            drain, drained = drain_benchmark(spark, endpoint, args.events, args.shards, work)
             print(f"\nDrain, availableNow: {args.events} events = {args.events * 3} records\n")
             print(table(drain, ["path", "seconds", "records/s", "x baseline speed", "peak RSS MB", ""]), flush=True)
+            summary = {"bench": "stream", "ratios": {"drain_vs_raw_getrecords": round(drained["drain_vs_raw_getrecords"], 2)},
+                       "latency_s": {"p50": None, "p95": None}, "peak_rss_gb": round(drained["peak_rss_mb"] / 1024, 2)}
             if not args.skip_latency:
                 latency, info = latency_benchmark(spark, endpoint, args.rate, args.duration, args.interval,
                                                   args.shards, work)
@@ -347,6 +351,12 @@ def main() -> int:
                       f"(put -> row visible in Delta, seconds)\n")
                 print(table(latency, ["path", "records", "p50", "p95", "max", "p50 x baseline"]))
                 print(f"  {json.dumps(info)}", flush=True)
+                summary["latency_s"] = {"p50": round(info["p50"], 2), "p95": round(info["p95"], 2)}
+                summary["peak_rss_gb"] = round(max(drained["peak_rss_mb"], info["peak_rss_mb"]) / 1024, 2)
+            # the machine is shared: the load says how much the absolute figures can be trusted
+            print(f"  load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores",
+                  flush=True)
+            print(json.dumps(summary), flush=True)
         finally:
             if moto is not None:
                 moto.terminate()

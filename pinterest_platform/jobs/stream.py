@@ -1,18 +1,25 @@
 """Spark job `stream`: the three Kinesis streams -> cleaned streaming Delta tables, exactly-once.
 
-One Structured Streaming query per event kind reads `streaming-<prefix>-<kind>` (format `kinesis-local`
-locally, Databricks' `kinesis` there), and each micro-batch, in `foreachBatch`:
+One Structured Streaming query reads the three streams `streaming-<prefix>-pin|geo|user` (format
+`kinesis-local` locally, Databricks' `kinesis` there), and each micro-batch, in `foreachBatch`, reads its
+records once (cached), splits them by stream and, per kind (pin first):
 
 - cleans the records with `transforms.cleaning.clean` (the same code as the batch job);
-- MERGEs the clean rows, one per `ind` (the latest by arrival, then sequence number), into
-  `<tables_root>/<prefix>_<kind>_table`, updating a matched row only when it differs;
-- appends the quarantined records to `<tables_root>/quarantine` with Delta's `txnAppId` (the query's id,
-  stable across restarts from the same checkpoint) and `txnVersion` (the batch id).
+- writes the clean rows, one per `ind`, to `<tables_root>/<prefix>_<kind>_table` (`upsert_rows`): an ind
+  the table does not hold and the batch holds once is appended; the others are MERGEd, the batch's latest
+  record (by arrival, then sequence number) updating a matched row only when it differs;
 
-Exactly-once: each query checkpoints to `<checkpoint_root>/<prefix>_<kind>` (never deleted here); Spark
-logs a batch's offsets before running it and replays an unfinished batch with the same offsets, hence
-the same records (see streaming/kinesis_source.py). A replayed MERGE changes nothing and Delta skips a
-replayed quarantine append, so a crash at any point neither loses nor duplicates a row.
+then appends the quarantined records of all kinds to `<tables_root>/quarantine` in one commit, with Delta's
+`txnAppId` (the query's id, stable across restarts from the same checkpoint) and `txnVersion` (the batch id).
+One query instead of one per stream: one trigger, one source plan and one offset-log commit per interval,
+and the micro-batches of the three streams no longer compete for the cores.
+
+Exactly-once: the query checkpoints to `<checkpoint_root>/<prefix>_streams` (never deleted here; a lake
+written by earlier versions, with one checkpoint per stream `<prefix>_<kind>`, starts where those
+committed); Spark logs a batch's offsets before running it and replays an unfinished batch with the same
+offsets, hence the same records (see streaming/kinesis_source.py). A replayed batch finds its inds in the
+tables, so it is MERGEd and changes nothing, and Delta skips a replayed quarantine append, so a crash at any
+point neither loses nor duplicates a row.
 
 Triggers: `available_now` drains what the streams hold now and returns; `processing_time` runs every
 `interval` until `timeout_s` passes or SIGINT/SIGTERM arrives, then stops the queries between batches.
@@ -22,6 +29,7 @@ Triggers: `available_now` drains what the streams hold now and returns; `process
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -93,7 +101,13 @@ class StreamParams:
         return f"{self.tables_root}/{contract.streaming_table_name(self.prefix, kind)}"
 
     def checkpoint(self, kind: str) -> str:
+        """The checkpoint of one stream's query in versions before the one query (read to migrate from)."""
         return f"{self.checkpoint_root}/{self.prefix}_{kind}"
+
+    @property
+    def checkpoint_all(self) -> str:
+        """The one query's checkpoint, whichever of the streams it reads."""
+        return f"{self.checkpoint_root}/{self.prefix}_streams"
 
     @property
     def quarantine_uri(self) -> str:
@@ -126,53 +140,150 @@ class StreamStats:
     clean: int = 0
     upserted: int = 0
     quarantined: int = 0
+    appended: int = 0  # of upserted: new inds appended (the fast path)
+    merged: int = 0  # of upserted: inds that went through MERGE (in the table already, or repeated in a batch)
     last_batch_id: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 # --- per micro-batch --------------------------------------------------------------------------------
 
-# A continuous query commits every few seconds, each MERGE adding a few small files; Delta's auto compaction
-# rewrites them once 50 accumulate, so the per-batch MERGE scan does not grow with the stream's age
+# A continuous query commits every second or so, each write adding a small file; Delta's auto compaction
+# rewrites them once 50 accumulate, so the per-batch scans of the table do not grow with the stream's age
 STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true"}
+# the latest of one ind's records in a batch: the latest arrival, then the higher sequence number (same length
+# first: sequence numbers are decimal strings of varying length)
+LATEST_ORDER = ["_arrival", "_seq_len", "_seq"]
+
+
+def _is_delta_table(spark, uri: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, uri)
+
+
+def _rows_differ(columns: list[str]) -> str:
+    # update a matched row only when something changed, so a redelivered event rewrites nothing
+    return " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in columns)
+
+
+def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
+    """Write one micro-batch's clean records of `kind` (`good`: `clean`'s output, clean rows only) to its
+    table, one row per ind; returns {"clean": records, "upserted": distinct inds, "appended", "merged"}.
+
+    Insert-only fast path: an ind the table does not hold yet and that comes once in the batch is appended
+    (a plain write: no join with the table's files, no rewrite). Only the others go through MERGE, with the
+    rule of every version before: the batch's latest record of the ind (`LATEST_ORDER`) replaces the
+    table's row when it differs, or is inserted. MERGE runs first: it touches only those inds, so the
+    appended set (computed once, cached) is the same whether or not a replay finds the MERGE done, and a
+    replayed batch (its inds now all in the table) is MERGEd with nothing to change."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from pinterest_platform.transforms.cleaning import cleaned_rows, latest_per_key
+
+    schema = contract.CLEANED_SCHEMAS[kind]
+    with table_write_lock(spark, table_uri):
+        exists = _is_delta_table(spark, table_uri)
+        per_ind = good.groupBy("ind").agg(F.count(F.lit(1)).alias("_n"))
+        if exists:
+            stored = spark.read.format("delta").load(table_uri).select("ind", F.lit(True).alias("_stored"))
+            per_ind = per_ind.join(stored, "ind", "left")
+        else:
+            per_ind = per_ind.withColumn("_stored", F.lit(None).cast("boolean"))
+        flags = per_ind.select("ind", "_n", ((F.col("_n") == 1) & F.col("_stored").isNull()).alias("_fresh")).persist()
+        try:
+            clean_count, upserted, fresh = flags.agg(
+                F.coalesce(F.sum("_n"), F.lit(0)), F.count(F.lit(1)), F.count(F.when(F.col("_fresh"), 1))).first()
+            merged = upserted - fresh
+            if not upserted:
+                return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
+            if merged:
+                tagged = good.join(flags.select("ind", "_fresh"), "ind")
+                latest = latest_per_key(tagged.where(~F.col("_fresh")).drop("_fresh"), key="ind", order_by=LATEST_ORDER)
+                source = cleaned_rows(kind, latest)
+                if exists:
+                    columns = [c for c in schema.fieldNames() if c != "ind"]
+                    (DeltaTable.forPath(spark, table_uri).alias("t")
+                     .merge(source.alias("s"), "t.ind = s.ind")
+                     .whenMatchedUpdateAll(condition=_rows_differ(columns))
+                     .whenNotMatchedInsertAll()
+                     .execute())
+                else:  # only repeated inds, in a table not created yet: nothing to match
+                    source.write.format("delta").mode("append").save(table_uri)
+                fresh_rows = tagged.where(F.col("_fresh")).drop("_fresh") if fresh else None
+            else:
+                fresh_rows = good  # every ind is new and single: the batch is appended as it is
+            if fresh_rows is not None:
+                cleaned_rows(kind, fresh_rows).write.format("delta").mode("append").save(table_uri)
+            return {"clean": int(clean_count), "upserted": int(upserted), "appended": int(fresh), "merged": int(merged)}
+        finally:
+            flags.unpersist()
+
+
+def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, str | None, str]],
+                  quarantine_uri: str, app_id: str, stats: dict[str, StreamStats]) -> None:
+    """Clean one micro-batch of the query and commit it to each kind's table and to the quarantine.
+
+    `targets`: (kind, stream, table_uri) per kind the batch may hold; `stream` selects its records by the
+    `source` column (None: the whole batch is that kind's). The batch is read from the source once
+    (cached); the tables are written one after the other (pin first), then the quarantined records of all
+    kinds in one append, idempotent by Delta's `txnAppId` (the query's id) and `txnVersion` (the batch id)."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from pinterest_platform.transforms.cleaning import clean, quarantine_rows
+
+    batch = batch_df.persist()
+    cached = []
+    try:
+        if len(targets) == 1 and targets[0][1] is None:
+            by_stream = {None: batch.count()}
+        else:
+            by_stream = {r[0]: r[1] for r in batch.groupBy("source").count().collect()}
+        quarantine_parts = []
+        done: dict[str, dict[str, int]] = {}
+        for kind, stream, table_uri in targets:
+            records = by_stream.get(stream, 0)
+            if not records:
+                continue
+            rows = batch if stream is None else batch.where(F.col("source") == stream)
+            cleaned = clean(kind, rows).persist()
+            cached.append(cleaned)
+            good = cleaned.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
+            counts = upsert_rows(spark, kind, good, table_uri)
+            counts.update(records=records, quarantined=records - counts["clean"])
+            if counts["quarantined"]:
+                quarantine_parts.append(quarantine_rows(kind, cleaned))
+            done[kind] = counts
+        if quarantine_parts:
+            # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
+            with table_write_lock(spark, quarantine_uri):
+                (reduce(lambda a, b: a.unionByName(b), quarantine_parts).write.format("delta").mode("append")
+                 .option("txnAppId", app_id).option("txnVersion", batch_id).save(quarantine_uri))
+        for kind, counts in done.items():
+            s = stats[kind]
+            with s.lock:
+                s.batches += 1
+                s.records += counts["records"]
+                s.clean += counts["clean"]
+                s.upserted += counts["upserted"]
+                s.quarantined += counts["quarantined"]
+                s.appended += counts["appended"]
+                s.merged += counts["merged"]
+                s.last_batch_id = batch_id
+    finally:
+        for df in cached:
+            df.unpersist()
+        batch.unpersist()
 
 
 def write_batch(spark, kind: str, batch_df, batch_id: int, *, table_uri: str, quarantine_uri: str,
                 app_id: str, stats: StreamStats) -> None:
-    """Clean one micro-batch and commit it to the streaming table and the quarantine, idempotently."""
-    from pyspark.sql import functions as F
-
-    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
-
-    # cached: the batch is read from Kinesis once, then counted, merged and quarantined from memory
-    cleaned = clean(kind, batch_df).persist()
-    try:
-        is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
-        records, clean_count, upserted = cleaned.agg(
-            F.count(F.lit(1)), F.count(F.when(is_clean, 1)), F.count_distinct(F.when(is_clean, F.col("ind"))),
-        ).first()
-        if records == 0:
-            return
-        quarantined = records - clean_count
-        if upserted:
-            # the same ind twice in one batch (a re-post): keep the latest arrival, then the higher sequence
-            # number (same length first: sequence numbers are decimal strings of varying length)
-            latest = latest_per_key(cleaned.where(is_clean), key="ind", order_by=["_arrival", "_seq_len", "_seq"])
-            batch_jobs.upsert_by_ind(spark, table_uri, cleaned_rows(kind, latest), contract.CLEANED_SCHEMAS[kind])
-        if quarantined:
-            # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
-            with table_write_lock(spark, quarantine_uri):
-                (quarantine_rows(kind, cleaned).write.format("delta").mode("append").option("txnAppId", app_id)
-                 .option("txnVersion", batch_id).save(quarantine_uri))
-        with stats.lock:
-            stats.batches += 1
-            stats.records += records
-            stats.clean += clean_count
-            stats.upserted += upserted
-            stats.quarantined += quarantined
-            stats.last_batch_id = batch_id
-    finally:
-        cleaned.unpersist()
+    """One kind's micro-batch (every record of `batch_df` is of `kind`): `write_batches` with one target."""
+    write_batches(spark, batch_df, batch_id, targets=[(kind, None, table_uri)], quarantine_uri=quarantine_uri,
+                  app_id=app_id, stats={kind: stats})
 
 
 class _QueryId:
@@ -192,24 +303,64 @@ class _QueryId:
         return self._value  # type: ignore[return-value]
 
 
+def _hadoop_fs(spark, path: str):
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark._jsc.hadoopConfiguration()), hpath
+
+
+def _batch_ids(spark, checkpoint: str, folder: str) -> list[int]:
+    fs, path = _hadoop_fs(spark, f"{checkpoint.rstrip('/')}/{folder}")
+    if not fs.exists(path):
+        return []
+    return [int(s.getPath().getName()) for s in fs.listStatus(path) if s.getPath().getName().isdigit()]
+
+
 def _has_uncommitted_batch(spark, checkpoint: str) -> bool:
     """Whether the checkpoint logged a batch's offsets without its commit (a run that died mid-batch)."""
-    jvm = spark._jvm
-    root = jvm.org.apache.hadoop.fs.Path(checkpoint)
-    fs = root.getFileSystem(spark._jsc.hadoopConfiguration())
-
-    def batch_ids(folder: str) -> list[int]:
-        path = jvm.org.apache.hadoop.fs.Path(f"{checkpoint.rstrip('/')}/{folder}")
-        if not fs.exists(path):
-            return []
-        return [int(s.getPath().getName()) for s in fs.listStatus(path) if s.getPath().getName().isdigit()]
-
-    offsets = batch_ids("offsets")
-    return bool(offsets) and max(offsets) > max(batch_ids("commits"), default=-1)
+    offsets = _batch_ids(spark, checkpoint, "offsets")
+    return bool(offsets) and max(offsets) > max(_batch_ids(spark, checkpoint, "commits"), default=-1)
 
 
-def _source_options(p: StreamParams, kind: str) -> dict[str, str]:
-    options = {"streamName": contract.stream_name(p.prefix, kind), "initialPosition": p.initial_position}
+def _read_text(spark, path: str) -> str:
+    fs, hpath = _hadoop_fs(spark, path)
+    stream = fs.open(hpath)
+    try:
+        jvm = spark._jvm
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def _legacy_offsets(spark, p: StreamParams, kinds: list[str]) -> dict | None:
+    """Where the one query starts when its checkpoint is new but the per-stream queries of earlier versions
+    left theirs (`<prefix>_<kind>`): the end offset of each one's last committed batch, merged.
+
+    A batch those queries logged but did not commit is read again by the new query: its table rows are
+    written again unchanged, its quarantine append (if it was committed) once more."""
+    if _batch_ids(spark, p.checkpoint_all, "offsets"):
+        return None
+    merged: dict = {}
+    for kind in kinds:
+        committed = _batch_ids(spark, p.checkpoint(kind), "commits")
+        if not committed:
+            continue
+        lines = [ln for ln in _read_text(spark, f"{p.checkpoint(kind)}/offsets/{max(committed)}").splitlines() if ln]
+        try:
+            offset = json.loads(lines[-1])
+        except (ValueError, IndexError):
+            log.warning("checkpoint %s: last committed offset unreadable; %s starts at %s",
+                        p.checkpoint(kind), kind, p.initial_position)
+            continue
+        name = contract.stream_name(p.prefix, kind)
+        if isinstance(offset, dict) and isinstance(offset.get(name), dict):
+            merged[name] = offset[name]
+    return merged or None
+
+
+def _source_options(p: StreamParams, kinds: list[str]) -> dict[str, str]:
+    options = {"streamName": ",".join(contract.stream_name(p.prefix, k) for k in kinds),
+               "initialPosition": p.initial_position}
     if p.region:
         options["region"] = p.region
     if p.endpoint:
@@ -226,11 +377,16 @@ def _source_options(p: StreamParams, kind: str) -> dict[str, str]:
     return options
 
 
-def _start_query(spark, p: StreamParams, kind: str, stats: StreamStats):
+def _start_query(spark, p: StreamParams, kinds: list[str], stats: dict[str, StreamStats],
+                 starting_offsets: dict | None = None):
+    """One query over the streams of `kinds`; each micro-batch writes every kind's table (`write_batches`)."""
     from pyspark.sql import functions as F
 
     reader = spark.readStream.format(p.source_format)
-    for key, value in _source_options(p, kind).items():
+    options = _source_options(p, kinds)
+    if starting_offsets and p.source_format == LOCAL_FORMAT:
+        options.setdefault("startingOffsets", json.dumps(starting_offsets, sort_keys=True))
+    for key, value in options.items():
         reader = reader.option(key, value)
     seq = F.col("sequenceNumber")
     records = reader.load().select(
@@ -241,16 +397,17 @@ def _start_query(spark, p: StreamParams, kind: str, stats: StreamStats):
         F.length(seq).alias("_seq_len"),
         seq.alias("_seq"),
     )
-    table_uri, quarantine_uri = p.table_uri(kind), p.quarantine_uri
+    targets = [(kind, contract.stream_name(p.prefix, kind), p.table_uri(kind)) for kind in kinds]
+    quarantine_uri = p.quarantine_uri
     query_id = _QueryId()
 
     def on_batch(batch_df, batch_id: int) -> None:
         # looked up at call time so that tests can wrap it (e.g. to crash after the commit)
-        write_batch(batch_df.sparkSession, kind, batch_df, batch_id, table_uri=table_uri,
-                    quarantine_uri=quarantine_uri, app_id=f"stream:{query_id.get()}", stats=stats)
+        write_batches(batch_df.sparkSession, batch_df, batch_id, targets=targets, quarantine_uri=quarantine_uri,
+                      app_id=f"stream:{query_id.get()}", stats=stats)
 
-    writer = (records.writeStream.queryName(f"stream_{p.prefix}_{kind}")
-              .option("checkpointLocation", p.checkpoint(kind)).foreachBatch(on_batch))
+    writer = (records.writeStream.queryName(f"stream_{p.prefix}")
+              .option("checkpointLocation", p.checkpoint_all).foreachBatch(on_batch))
     writer = (writer.trigger(availableNow=True) if p.trigger == "available_now"
               else writer.trigger(processingTime=p.interval))
     query = writer.start()
@@ -264,7 +421,7 @@ def _missing_streams(p: StreamParams) -> list[str]:
         return []
     from pinterest_platform.streaming.kinesis_source import SourceOptions, make_client
 
-    client = make_client(SourceOptions.parse(_source_options(p, p.kinds[0])))
+    client = make_client(SourceOptions.parse(_source_options(p, p.kinds)))
     missing = []
     for kind in p.kinds:
         name = contract.stream_name(p.prefix, kind)
@@ -342,28 +499,24 @@ def stream(spark, params: dict) -> dict:
     batch_jobs.ensure_table(spark, p.quarantine_uri, contract.QUARANTINE_SCHEMA)
 
     stats = {kind: StreamStats() for kind in kinds}
-    queries: dict[str, Any] = {}
+    query = None
     stopped_by = "completed"
+    starting = _legacy_offsets(spark, p, kinds) if p.source_format == LOCAL_FORMAT else None
     # Spark 4.0 runs availableNow over a Python source as one batch; after a crash that batch is the replay
-    # of the logged, uncommitted one, so those queries need a second run to reach what has arrived since
-    rounds = [kinds]
-    if p.trigger == "available_now" and p.source_format == LOCAL_FORMAT:
-        replaying = [k for k in kinds if _has_uncommitted_batch(spark, p.checkpoint(k))]
-        if replaying:
-            rounds.append(replaying)
+    # of the logged, uncommitted one, so the query needs a second run to reach what has arrived since
+    rounds = 1
+    if p.trigger == "available_now" and p.source_format == LOCAL_FORMAT and _has_uncommitted_batch(spark, p.checkpoint_all):
+        rounds = 2
     deadline = (started + p.timeout_s) if (p.trigger == "processing_time" and p.timeout_s) else None
     with _StopSignal() as stop:
-        for round_kinds in rounds:
+        for _ in range(rounds):
             running: dict[str, Any] = {}
             try:
-                for kind in round_kinds:
-                    running[kind] = queries[kind] = _start_query(spark, p, kind, stats[kind])
+                query = running["streams"] = _start_query(spark, p, kinds, stats, starting)
                 while True:
-                    failed = [k for k, q in running.items() if not q.isActive and q.exception() is not None]
-                    if failed:
-                        stopped_by = "failure"
-                        break
-                    if all(not q.isActive for q in running.values()):
+                    if not query.isActive:
+                        if query.exception() is not None:
+                            stopped_by = "failure"
                         break
                     if stop.event.wait(0.5):
                         stopped_by = "signal"
@@ -375,20 +528,21 @@ def stream(spark, params: dict) -> dict:
                 _stop_gracefully(running)
             if stopped_by != "completed":
                 break
-    errors = {k: str(q.exception()) for k, q in queries.items() if q.exception() is not None}
-    if errors:
-        raise RuntimeError("streaming queries failed: " + "; ".join(f"{k}: {e}" for k, e in errors.items()))
+    if query is not None and query.exception() is not None:
+        raise RuntimeError(f"streaming query failed: {query.exception()}")
 
     result: dict[str, Any] = {"trigger": p.trigger, "stopped_by": stopped_by,
-                              "seconds": round(time.monotonic() - started, 3), "streams": {}}
+                              "seconds": round(time.monotonic() - started, 3), "checkpoint": p.checkpoint_all,
+                              "query_id": str(query.id) if query is not None else None, "streams": {}}
     for kind in p.kinds:
         name = contract.stream_name(p.prefix, kind)
         entry: dict[str, Any] = {"stream": name, "table": contract.streaming_table_name(p.prefix, kind),
-                                 "table_uri": p.table_uri(kind), "checkpoint": p.checkpoint(kind)}
+                                 "table_uri": p.table_uri(kind), "checkpoint": p.checkpoint_all}
         if kind in stats:
             s = stats[kind]
             entry.update(batches=s.batches, records=s.records, clean=s.clean, upserted=s.upserted,
-                         quarantined=s.quarantined, query_id=str(queries[kind].id))
+                         appended=s.appended, merged=s.merged, quarantined=s.quarantined,
+                         query_id=result["query_id"])
             entry.update(_table_summary(spark, p.table_uri(kind)))
         else:
             entry["skipped"] = f"stream {name} does not exist"

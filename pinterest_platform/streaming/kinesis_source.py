@@ -16,8 +16,11 @@ default AWS credential chain), `maxRecordsPerFetch` (GetRecords Limit, default 1
 (how long the driver may spend finding the stream's tip per micro-batch, default "10s"), and two
 options of this source only: `maxRecordsPerTrigger` (a cap on records per micro-batch), `availableNow`
 (`true` for a `Trigger.AvailableNow` query: Spark 4.0 runs it as one batch, so the cap is ignored and the
-batch ends at what had arrived when the query started) and `failOnDataLoss` (default true: fail when
-records a batch must read are gone, e.g. trimmed past retention).
+batch ends at what had arrived when the query started), `failOnDataLoss` (default true: fail when
+records a batch must read are gone, e.g. trimmed past retention), `reuseDriverReads` (default true: see
+Cost) and `startingOffsets` (an offset of this source, as JSON: where streams it names start when the
+query has no checkpoint yet, e.g. the offsets of older per-stream checkpoints; others start at
+`initialPosition`).
 
 Offsets and exactly-once. An offset is JSON `{stream: {shardId: state}}` where state is `{"seq": S}` (all
 records up to and including sequence number S consumed), `{"ts": epoch_ms}` (start AT_TIMESTAMP: the
@@ -35,8 +38,12 @@ partition key stay in order; shards that appear later are read from their start.
 are re-acquired AFTER_SEQUENCE_NUMBER of the last record seen; throttling
 (ProvisionedThroughputExceeded, LimitExceeded) is retried with exponential backoff and jitter.
 
-Cost: the driver reads each record once to find the tip and the executor once to emit it (two GetRecords
-consumers per shard). Fine locally against moto; on Databricks the native `kinesis` format is used."""
+Cost: the driver must read a shard to find its tip (Kinesis gives no "last sequence number" of an open
+shard). It keeps the records it read, as Arrow, and hands each batch's planned range to its task inside
+the partition (`ShardRange.records`), so a record is fetched from Kinesis once, not twice (driver, then
+executor). Only a range the driver did not read (a batch replayed after a restart, `reuseDriverReads`
+false) is fetched by the task itself, GetRecords from the range's start. The records are exactly those of
+(start, end] either way, so replays stay exact. On Databricks the native `kinesis` format is used."""
 
 from __future__ import annotations
 
@@ -102,6 +109,8 @@ class SourceOptions:
     max_records_per_trigger: int | None
     available_now: bool
     fail_on_data_loss: bool
+    reuse_driver_reads: bool
+    starting_offsets: str | None
     access_key: str | None
     secret_key: str | None
     session_token: str | None
@@ -137,6 +146,8 @@ class SourceOptions:
             max_records_per_trigger=int(per_trigger) if per_trigger else None,
             available_now=str(opts.get("availablenow", "false")).lower() == "true",
             fail_on_data_loss=str(opts.get("failondataloss", "true")).lower() != "false",
+            reuse_driver_reads=str(opts.get("reusedriverreads", "true")).lower() != "false",
+            starting_offsets=opts.get("startingoffsets") or None,
             access_key=opts.get("awsaccesskey") or None,
             secret_key=opts.get("awssecretkey") or None,
             session_token=opts.get("awssessiontoken") or None,
@@ -337,15 +348,54 @@ def allocate(available: list[int], max_rows: int | None) -> list[int]:
 class ShardScan:
     """Driver-side scan of one shard: the sequence numbers after `base`, read ahead up to the tip.
 
-    Kept across micro-batches so every record is read by the driver once; trimmed as batches commit."""
+    Kept across micro-batches so every record is read by the driver once; trimmed as batches commit. With
+    `keep_records`, the records themselves are kept too (as Arrow, row i is `seqs[i]`), for the tasks."""
 
-    def __init__(self, stream: str, shard_id: str, base: Mapping[str, Any]):
+    def __init__(self, stream: str, shard_id: str, base: Mapping[str, Any], keep_records: bool = False):
         self.stream = stream
         self.shard_id = shard_id
         self.base = _norm_state({k: v for k, v in base.items() if k != "closed"})
         self.seqs: list[int] = []
+        self.keep_records = keep_records
+        self.batches: list = []  # pyarrow RecordBatches of the rows of `seqs`, in order (keep_records only)
         self.iterator: str | None = None
         self.closed = False  # GetRecords returned no next iterator: nothing follows the last of `seqs`
+
+    def _extend(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.seqs.extend(int(r["SequenceNumber"]) for r in records)
+        if self.keep_records:
+            self.batches.append(_to_batch(records, self.stream, self.shard_id, _arrow_schema()))
+
+    def _drop(self, n: int) -> None:
+        """Forget the first n records (committed: a later batch starts after them)."""
+        self.seqs = self.seqs[n:]
+        while n > 0 and self.batches:
+            first = self.batches[0]
+            if first.num_rows <= n:
+                n -= first.num_rows
+                self.batches.pop(0)
+            else:
+                self.batches[0] = first.slice(n)
+                n = 0
+
+    def records_ipc(self, n: int) -> bytes | None:
+        """The first n records as an Arrow IPC stream, or None when they are not kept."""
+        if not self.keep_records or n <= 0 or sum(b.num_rows for b in self.batches) < n:
+            return None
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, _arrow_schema()) as writer:
+            left = n
+            for batch in self.batches:
+                if left <= 0:
+                    break
+                part = batch if batch.num_rows <= left else batch.slice(0, left)
+                writer.write_batch(part)
+                left -= part.num_rows
+        return sink.getvalue().to_pybytes()
 
     def position(self) -> dict:
         return {"seq": str(self.seqs[-1])} if self.seqs else dict(self.base)
@@ -360,7 +410,7 @@ class ShardScan:
 
             i = bisect.bisect_left(self.seqs, key[1])
             if i < len(self.seqs) and self.seqs[i] == key[1]:
-                self.seqs = self.seqs[i + 1:]
+                self._drop(i + 1)
                 self.base = {"seq": str(key[1])}
                 return True
         return False
@@ -388,10 +438,10 @@ class ShardScan:
                 late = next((i for i, r in enumerate(records) if _arrival(r) is not None and _arrival(r) > cutoff),
                             None)
                 if late is not None:
-                    self.seqs.extend(int(r["SequenceNumber"]) for r in records[:late])
+                    self._extend(records[:late])
                     self.iterator = None  # it points past records not taken; resume from position()
                     return
-            self.seqs.extend(int(r["SequenceNumber"]) for r in records)
+            self._extend(records)
             self.iterator = response.get("NextShardIterator")
             if self.iterator is None:
                 self.closed = True
@@ -404,15 +454,19 @@ class ShardScan:
 
 class ShardRange(InputPartition):
     """The records of one shard after `start` up to and including `end_seq`; `count`, when the driver knows
-    it, only sizes the GetRecords calls (a short range then does not fetch 10,000 records past its end)."""
+    it, only sizes the GetRecords calls (a short range then does not fetch 10,000 records past its end).
+    `records`, when the driver read the range while planning, holds them (an Arrow IPC stream): the task
+    emits them instead of fetching them again."""
 
-    def __init__(self, stream: str, shard_id: str, start: dict, end_seq: str, count: int | None = None):
+    def __init__(self, stream: str, shard_id: str, start: dict, end_seq: str, count: int | None = None,
+                 records: bytes | None = None):
         super().__init__((stream, shard_id, start, end_seq))
         self.stream = stream
         self.shard_id = shard_id
         self.start = start
         self.end_seq = end_seq
         self.count = count
+        self.records = records
 
 
 def _arrow_schema():
@@ -433,6 +487,13 @@ def _to_batch(records: list[dict], stream: str, shard_id: str, schema):
         pa.array([str(r["SequenceNumber"]) for r in records], pa.string()),
         pa.array([_arrival(r) for r in records], pa.timestamp("us", tz="UTC")),
     ], schema=schema)
+
+
+def read_ipc(records: bytes) -> Iterator:
+    """The RecordBatches of an Arrow IPC stream (a range the driver read while planning)."""
+    import pyarrow as pa
+
+    yield from pa.ipc.open_stream(records)
 
 
 def read_shard_range(client, stream: str, shard_id: str, start: Mapping[str, Any], end_seq: str, *,
@@ -529,12 +590,22 @@ class KinesisStreamReader(DataSourceStreamReader):
 
     def _compute_initial_offset(self) -> dict:
         opts = self.options
-        if opts.initial_position == "trim_horizon":
-            return normalize_offset({}, opts.streams)
-        ts = opts.initial_timestamp_ms if opts.initial_position == "at_timestamp" else int(time.time() * 1000)
-        # every listed shard (closed ones too) starts at the timestamp: a closed shard then simply ends
-        return normalize_offset({s: {sid: {"ts": ts} for sid in shards} for s, shards in self._listing().items()},
-                                opts.streams)
+        given: dict = {}
+        if opts.starting_offsets:
+            try:
+                given = normalize_offset(json.loads(opts.starting_offsets))
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise KinesisSourceError(f"startingOffsets is not an offset of this source: {exc}") from None
+        rest = [s for s in opts.streams if s not in given]
+        if opts.initial_position == "trim_horizon" or not rest:
+            initial = normalize_offset({}, opts.streams)
+        else:
+            ts = opts.initial_timestamp_ms if opts.initial_position == "at_timestamp" else int(time.time() * 1000)
+            # every listed shard (closed ones too) starts at the timestamp: a closed shard then simply ends
+            initial = normalize_offset({s: {sid: {"ts": ts} for sid in shards}
+                                        for s, shards in self._listing().items() if s in rest}, opts.streams)
+        initial.update({s: given[s] for s in opts.streams if s in given})
+        return normalize_offset(initial, opts.streams)
 
     def _scan_for(self, stream: str, shard_id: str, state: Mapping[str, Any], create: bool) -> ShardScan | None:
         key = (stream, shard_id)
@@ -543,7 +614,7 @@ class KinesisStreamReader(DataSourceStreamReader):
             return scan
         if not create:
             return None
-        scan = self._scans[key] = ShardScan(stream, shard_id, state)
+        scan = self._scans[key] = ShardScan(stream, shard_id, state, keep_records=self.options.reuse_driver_reads)
         return scan
 
     def latestOffset(self) -> dict:
@@ -604,8 +675,9 @@ class KinesisStreamReader(DataSourceStreamReader):
                 begin = start.get(stream, {}).get(shard_id, {})
                 if state.get("seq") is not None and state.get("seq") != begin.get("seq"):
                     position = {k: v for k, v in begin.items() if k != "closed"}
-                    parts.append(ShardRange(stream, shard_id, position, state["seq"],
-                                            self._known_count(stream, shard_id, position, state["seq"])))
+                    count = self._known_count(stream, shard_id, position, state["seq"])
+                    records = self._scans[(stream, shard_id)].records_ipc(count) if count else None
+                    parts.append(ShardRange(stream, shard_id, position, state["seq"], count, records))
         return parts
 
     def _known_count(self, stream: str, shard_id: str, begin: Mapping[str, Any], end_seq: str) -> int | None:
@@ -619,6 +691,9 @@ class KinesisStreamReader(DataSourceStreamReader):
         return n if n and scan.seqs[n - 1] == int(end_seq) else None
 
     def read(self, partition: ShardRange) -> Iterator:
+        records = getattr(partition, "records", None)
+        if records is not None:
+            return read_ipc(records)
         return read_shard_range(self.client, partition.stream, partition.shard_id, partition.start,
                                 partition.end_seq, fetch_limit=self.options.max_records_per_fetch,
                                 fail_on_data_loss=self.options.fail_on_data_loss,

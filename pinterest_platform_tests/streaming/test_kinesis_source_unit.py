@@ -182,11 +182,36 @@ def test_replayed_batch_reads_the_same_records():
     assert len(first) == 90
 
 
+def test_planned_ranges_carry_the_records_the_driver_read(monkeypatch):
+    """The driver read the records to find the tip: the task emits those, with no GetRecords of its own, and
+    they are the records a restarted driver's replay of the same (start, end) fetches from Kinesis."""
+    fake = FakeKinesis()
+    fake.create_stream(STREAM, 2)
+    put(fake, 0, 60)
+    reader = make_reader(fake, maxRecordsPerTrigger=40)
+    start = json.loads(json.dumps(reader.initialOffset()))
+    end = json.loads(json.dumps(reader.latestOffset()))
+    parts = reader.partitions(start, end)
+    assert parts and all(p.records is not None for p in parts)
+    calls = fake.calls["get_records"]
+    first = [r for p in parts for r in read_partition(reader, p)]
+    assert fake.calls["get_records"] == calls and len(first) == 40
+    replay_parts = make_reader(fake).partitions(start, end)
+    assert all(p.records is None for p in replay_parts)
+    assert [r for p in replay_parts for r in read_partition(reader, p)] == first
+    # committed records are dropped from the driver's cache; the next range carries only its own
+    reader.commit(end)
+    end2 = json.loads(json.dumps(reader.latestOffset()))
+    second = [r for p in reader.partitions(end, end2) for r in read_partition(reader, p)]
+    assert len(second) == 20 and not {r["sequenceNumber"] for r in second} & {r["sequenceNumber"] for r in first}
+
+
 def test_a_short_range_fetches_only_its_records(monkeypatch):
     fake = FakeKinesis()
     fake.create_stream(STREAM, 1)
     put(fake, 0, 50)
-    reader = make_reader(fake, maxRecordsPerFetch=1000, maxRecordsPerTrigger=10)
+    # the task fetching its range itself (as after a restart), not given the driver's records
+    reader = make_reader(fake, maxRecordsPerFetch=1000, maxRecordsPerTrigger=10, reuseDriverReads="false")
     start = json.loads(json.dumps(reader.initialOffset()))
     end = reader.latestOffset()
     (part,) = reader.partitions(start, end)
@@ -277,7 +302,7 @@ def test_trimmed_records_are_reported_as_data_loss():
     fake = FakeKinesis()
     fake.create_stream(STREAM, 1)
     put(fake, 0, 20)
-    reader = make_reader(fake)
+    reader = make_reader(fake, reuseDriverReads="false")  # the task reads Kinesis (as in a replay)
     start = json.loads(json.dumps(reader.initialOffset()))
     end = reader.latestOffset()
     (part,) = reader.partitions(start, end)
@@ -285,7 +310,7 @@ def test_trimmed_records_are_reported_as_data_loss():
     fake.trim(STREAM, shard, 25)  # everything, including the batch's end, is gone
     with pytest.raises(ks.KinesisSourceError, match="no longer be read"):
         read_partition(reader, part)
-    lenient = make_reader(fake, failOnDataLoss="false")
+    lenient = make_reader(fake, failOnDataLoss="false", reuseDriverReads="false")
     assert read_partition(lenient, part) == []
 
 
@@ -293,6 +318,24 @@ def test_missing_stream_is_a_clear_error():
     fake = FakeKinesis()
     with pytest.raises(ks.KinesisSourceError, match="does not exist"):
         make_reader(fake, streamName="nope").latestOffset()
+
+
+def test_starting_offsets_place_the_named_streams():
+    fake = FakeKinesis()
+    other = "streaming-test-geo"
+    fake.create_stream(STREAM, 1)
+    fake.create_stream(other, 1)
+    put(fake, 0, 10)
+    put(fake, 100, 5, stream=other)
+    offset, _ = drive(make_reader(fake))  # STREAM read to its end by an earlier (per-stream) query
+    later = put(fake, 10, 3)
+    reader = make_reader(fake, streamName=f"{STREAM},{other}", startingOffsets=json.dumps(offset))
+    _, batches = drive(reader)
+    rows = [r for rows in batches for r in rows]
+    assert sorted(r["data"] for r in rows if r["stream"] == STREAM) == sorted(later)
+    assert len([r for r in rows if r["stream"] == other]) == 5  # not named: from initialPosition
+    with pytest.raises(ks.KinesisSourceError, match="startingOffsets"):
+        make_reader(fake, startingOffsets="[1]").initialOffset()
 
 
 def test_latest_skips_what_is_already_there():

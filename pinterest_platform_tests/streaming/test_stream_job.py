@@ -100,6 +100,9 @@ def test_tables_equal_batch_cleaning_of_the_same_records(posted, first_run, spar
         uri = str(lake / "tables" / contract.streaming_table_name(prefix, kind))
         got = delta_rows(uri)
         assert entry["rows_in_table"] == len(got)
+        # new inds, each once in its batch: appended, no MERGE (the insert-only fast path)
+        assert entry["appended"] == entry["upserted"] == len(got) and entry["merged"] == 0
+        assert "MERGE" not in {c["operation"] for c in DeltaTable(uri).history()}
 
         # the batch path's cleaning, applied to the same JSON texts
         batch = spark.createDataFrame([(text, stream, f"{shard}:{seq}") for text, shard, seq in records],
@@ -162,6 +165,8 @@ def test_redelivery_and_rerun_change_no_row(posted, first_run, spark):
     for kind in contract.EVENT_KINDS:
         assert second["streams"][kind]["records"] == EVENTS
         assert second["streams"][kind]["quarantined"] == 0
+        # every ind is in the table already: MERGEd (changing nothing), none appended
+        assert second["streams"][kind]["appended"] == 0 and second["streams"][kind]["merged"] > 0
         assert delta_rows(str(lake / "tables" / contract.streaming_table_name(prefix, kind))) == before[kind]
     assert DeltaTable(quarantine).to_pyarrow_table().num_rows == q_before
     # and a run with nothing new reads nothing and commits nothing
@@ -187,8 +192,6 @@ def pin_records(n: int, bad_every: int = 0, start: int = 0) -> list[bytes]:
 @pytest.mark.parametrize("crash_point", ["after_both_commits", "between_merge_and_quarantine"])
 def test_crash_then_restart_loses_and_duplicates_nothing(crash_point, spark, kinesis_client, kinesis_endpoint,
                                                          make_stream, tmp_path, monkeypatch):
-    import pinterest_platform.jobs.batch as batch_job
-
     prefix = f"c{uuid.uuid4().hex[:8]}"
     stream = make_stream(shards=1, name=contract.stream_name(prefix, "pin"))
     records = pin_records(300, bad_every=15)  # 300 good, 20 bad, spread over every batch
@@ -208,13 +211,13 @@ def test_crash_then_restart_loses_and_duplicates_nothing(crash_point, spark, kin
         return wrapper
 
     if crash_point == "after_both_commits":
-        # write_batch(spark, kind, batch_df, batch_id, ...): the stream table and the quarantine are committed
-        monkeypatch.setattr(stream_job, "write_batch", crash_on_batch_1(stream_job.write_batch, lambda a, k: a[3]))
+        # write_batches(spark, batch_df, batch_id, ...): the stream table and the quarantine are committed
+        monkeypatch.setattr(stream_job, "write_batches", crash_on_batch_1(stream_job.write_batches, lambda a, k: a[2]))
     else:
-        # the MERGE is committed, the quarantine append of the same batch is not
+        # the table write (append and/or MERGE) is committed, the quarantine append of the same batch is not
         batch_ids = iter(range(100))
-        monkeypatch.setattr(batch_job, "upsert_by_ind",
-                            crash_on_batch_1(batch_job.upsert_by_ind, lambda a, k: next(batch_ids)))
+        monkeypatch.setattr(stream_job, "upsert_rows",
+                            crash_on_batch_1(stream_job.upsert_rows, lambda a, k: next(batch_ids)))
     with pytest.raises(RuntimeError, match="simulated crash"):
         stream_job.stream(spark, run_params)
     assert crashed
@@ -323,7 +326,7 @@ def test_run_stream_available_now_is_a_run_in_the_dagster_instance(kinesis_clien
     out = run.stdout
     assert run.returncode == 0, f"{out}\n{run.stderr}"
     assert f"{prefix}_pin_table: 5 rows" in out and f"{prefix}_geo_table: 0 rows" in out
-    assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_pin").is_dir()
+    assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_streams").is_dir()
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         [record] = instance.get_runs()
@@ -412,14 +415,17 @@ def test_changed_reposts_keep_the_latest_arrival(spark, kinesis_client, kinesis_
     rows = [json.loads(r) for r in pin_records(20)]
     put_records(kinesis_client, stream, [json.dumps(r).encode() for r in rows], keys=[f"a{i}" for i in range(20)])
     stream_job.stream(spark, params(prefix, lake, kinesis_endpoint))
-    changed = [{**r, "title": f"changed {r['index']}"} for r in rows[:10]]
+    # the second drain mixes re-posts (MERGEd) with new inds (appended)
+    new = [json.loads(r) for r in pin_records(25)[20:]]
+    changed = [{**r, "title": f"changed {r['index']}"} for r in rows[:10]] + new
     final = [{**r, "title": f"final {r['index']}"} for r in rows[:5]]
     for later, tag in ((changed, "b"), (final, "c")):
         time.sleep(1.1)  # a later approximateArrivalTimestamp than the puts before, whatever its resolution
         put_records(kinesis_client, stream, [json.dumps(r).encode() for r in later],
                     keys=[f"{tag}{i}" for i in range(len(later))])
     # both changes in one drain: one micro-batch holds two versions of five inds
-    stream_job.stream(spark, params(prefix, lake, kinesis_endpoint))
+    second = stream_job.stream(spark, params(prefix, lake, kinesis_endpoint))["streams"]["pin"]
+    assert (second["appended"], second["merged"]) == (len(new), 10)
 
     latest = {r["index"]: r for r in rows} | {r["index"]: r for r in changed} | {r["index"]: r for r in final}
     expected, _ = reference.clean_wire_values("pin", [json.dumps(r) for r in latest.values()])

@@ -305,4 +305,5 @@ def test_available_now_asset_drains_the_streams(spark, kinesis_client, kinesis_e
     assert user["delta_version"].value == DeltaTable(lake.table_uri(f"{prefix}_user_table")).version()
     assert len(materializations) == 1 + len(KINDS)
     assert DeltaTable(lake.table_uri(f"{prefix}_user_table")).to_pyarrow_dataset().count_rows() == 7
-    assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_user").is_dir()
+    # one query over the streams, one checkpoint
+    assert (tmp_path / "lake" / "checkpoints" / f"{prefix}_streams").is_dir()
