@@ -40,7 +40,7 @@ def _print_client_hints(endpoints: dict) -> None:
     if aws:
         print(f"  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing aws --region us-east-1 --endpoint-url {aws} "
               f"kinesis put-record --stream-name {contract.stream_name(prefix, 'pin')} --partition-key 1 "
-              f"--cli-binary-format raw-in-base64-out --data '{row}'")
+              f"--cli-binary-format raw-in-base64-out --data '{row}'   # AWS CLI v1: without --cli-binary-format ...")
     print(f"  curl -X POST -H 'Content-Type: application/vnd.kafka.json.v2+json' -d '{{\"records\": [{{\"value\": {row}}}]}}' "
           f"http://127.0.0.1:8080/topics/{contract.topic_name(prefix, 'pin')}   # after `pinterest-platform gateway`")
 
