@@ -44,7 +44,9 @@ dev: install
 	$(BIN)/pinterest-platform stack up
 	@# the instance's dagster.yaml, written when missing (never over an edited one), as the CLI does
 	$(BIN)/python -m pinterest_platform.instance
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	@# `dagster dev` warns that `dg dev` supersedes it; `dg dev` needs the dg CLI and a dg project layout and,
+	@# in 1.13, prints preview warnings of its own, so this one notice (matched by its text) is silenced here, nothing else
+	PYTHONWARNINGS='ignore:Function `dev_command` is superseded' $(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 stack-up: install
 	$(BIN)/pinterest-platform stack up
