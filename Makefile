@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/code_location.py
 
 lint:
 	$(BIN)/ruff check pinterest_platform pinterest_platform_tests bench
