@@ -88,7 +88,6 @@ RETENTION_MARGIN_MS = 3_600_000   # a posted_at replay must stay within the topi
 # one event: its key and its three rows (None when the source has no row of that kind for the key)
 Event = tuple[int, dict[str, dict[str, Any] | None]]
 
-
 # --- report ---------------------------------------------------------------------------------------
 
 
@@ -266,8 +265,6 @@ class SourceReader:
             self.slices.append((kind, cols, first, first + len(cols), key_pos,
                                 [c for c in cols if c in DATETIME_COLUMNS]))
         self.pin_key_pos = dict(self.layout[0][1])[SOURCE_KEY[SOURCE_PIN_TABLE]]
-        self.geo_key_pos = dict(self.layout[1][1])[SOURCE_KEY[SOURCE_GEO_TABLE]]
-        self.user_key_pos = dict(self.layout[2][1])[SOURCE_KEY[SOURCE_USER_TABLE]]
         geo_key = self.geo.c[SOURCE_KEY[SOURCE_GEO_TABLE]]
         user_key = self.user.c[SOURCE_KEY[SOURCE_USER_TABLE]]
         joined = self.pin.outerjoin(self.geo, geo_key == self.key).outerjoin(self.user, user_key == self.key)
@@ -308,9 +305,12 @@ class SourceReader:
 
     def pages(self, after: int | None = None, limit: int | None = None,
               page_size: int | None = None) -> Iterator[list[Event]]:
-        """Events (key and the three rows as posted), one page at a time."""
-        for rows in self.row_pages(after, limit, page_size):
-            yield [self._event(row) for row in rows]
+        """Events (key and the three rows as posted), one page at a time: `record_pages` grouped by event."""
+        for page in self.record_pages(after, limit, page_size):
+            events: dict[int, dict[str, dict[str, Any] | None]] = {}
+            for kind, key, row in zip(page.kinds, page.keys, page.rows, strict=True):
+                events.setdefault(key, dict.fromkeys(EVENT_KINDS))[kind] = row
+            yield list(events.items())
 
     def record_pages(self, after: int | None = None, limit: int | None = None,
                      page_size: int | None = None) -> Iterator[Page]:
@@ -318,30 +318,9 @@ class SourceReader:
         for rows in self.row_pages(after, limit, page_size):
             yield self.page(rows)
 
-    def _event(self, row) -> Event:
-        rows = self._rows(row)
-        return int(row[self.pin_key_pos]), dict(zip(EVENT_KINDS, rows, strict=True))
-
-    def _rows(self, row: tuple) -> tuple[dict[str, Any] | None, ...]:
-        """The three rows of one joined source row as posted (None: no row of that kind for the key)."""
-        if not _PLAIN.issuperset(map(type, row)):   # e.g. datetime or Decimal objects (MySQL)
-            row = tuple(_wire_value(col, value) for col, value in zip(self.columns, row, strict=True))
-        out = []
-        for kind, columns, start, stop, key_pos, dt_positions in self.slices:
-            if kind != "pin" and row[key_pos] is None:   # the left join found no row of this kind
-                out.append(None)
-                continue
-            values = dict(zip(columns, row[start:stop]))
-            for col in dt_positions:
-                value = values[col]
-                if type(value) is str and _SPACE_SEPARATED_DATETIME.match(value):
-                    values[col] = value[:10] + "T" + value[11:]
-            out.append(values)
-        return tuple(out)
-
     def page(self, rows: list[tuple]) -> Page:
         """A page of joined source rows as records, in posting order (pin, geo, user of each event in turn),
-        with their JSON text. The per-row work is what `_rows` and `encode_row` do, inlined."""
+        with their JSON text (what `encode_row` gives, its fast path inlined)."""
         key_pos = self.pin_key_pos
         page = Page(events=len(rows), first_key=int(rows[0][key_pos]), last_key=int(rows[-1][key_pos]))
         kinds, keys, values, payloads = page.kinds, page.keys, page.rows, page.payloads
@@ -427,9 +406,8 @@ except ImportError:  # pragma: no cover - orjson is a dependency of the orchestr
 
 # orjson writes some floats differently from the stdlib encoder (the reference): magnitudes below 1e-4
 # (`0.00001` for `1e-05`, `1e-7` for `1e-07`) and NaN/Infinity (`null` for `NaN`). Its text holds one of
-# these markers then; only a text with a marker (a UUID or a None value has one too) has its row's values
-# looked at, and the row is encoded by the stdlib when it holds such a float.
-_ORJSON_MARKERS = (b"e-", b"0.0000", b"null")
+# these markers then (`e-`, `0.0000`, `null`); only a text with a marker (a UUID or a None value has one
+# too) has its row's values looked at, and the row is encoded by the stdlib when it holds such a float.
 _INF = float("inf")
 
 
