@@ -156,17 +156,6 @@ STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true"}
 LATEST_ORDER = ["_arrival", "_seq_len", "_seq"]
 
 
-def _is_delta_table(spark, uri: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, uri)
-
-
-def _rows_differ(columns: list[str]) -> str:
-    # update a matched row only when something changed, so a redelivered event rewrites nothing
-    return " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in columns)
-
-
 def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
     """Write one micro-batch's clean records of `kind` (`good`: `clean`'s output, clean rows only) to its
     table, one row per ind; returns {"clean": records, "upserted": distinct inds, "appended", "merged"}.
@@ -184,7 +173,7 @@ def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
 
     schema = contract.CLEANED_SCHEMAS[kind]
     with table_write_lock(spark, table_uri):
-        exists = _is_delta_table(spark, table_uri)
+        exists = batch_jobs._table_exists(spark, table_uri)
         per_ind = good.groupBy("ind").agg(F.count(F.lit(1)).alias("_n"))
         if exists:
             stored = spark.read.format("delta").load(table_uri).select("ind", F.lit(True).alias("_stored"))
@@ -206,7 +195,7 @@ def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
                     columns = [c for c in schema.fieldNames() if c != "ind"]
                     (DeltaTable.forPath(spark, table_uri).alias("t")
                      .merge(source.alias("s"), "t.ind = s.ind")
-                     .whenMatchedUpdateAll(condition=_rows_differ(columns))
+                     .whenMatchedUpdateAll(condition=batch_jobs._rows_differ(columns))
                      .whenNotMatchedInsertAll()
                      .execute())
                 else:  # only repeated inds, in a table not created yet: nothing to match
