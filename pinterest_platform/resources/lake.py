@@ -93,11 +93,6 @@ class LocalLakeResource(LakeResource):
         return sorted(files, key=lambda f: f.path)
 
 
-# the fields of dagster-aws' S3Resource (ResourceWithS3Configuration), which LakeS3Resource repeats
-_S3_FIELDS = ("use_unsigned_session", "region_name", "endpoint_url", "max_attempts", "profile_name", "use_ssl",
-              "verify", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
-
-
 class LakeS3Resource(dg.ConfigurableResource):
     """The S3 connection of an S3 lake: the configuration of dagster-aws' `S3Resource`, field for field (same
     names, defaults and meaning), whose client is made by that very `S3Resource` when first asked for.
@@ -128,7 +123,7 @@ class LakeS3Resource(dg.ConfigurableResource):
         """The dagster-aws `S3Resource` of this configuration (imports boto3)."""
         from dagster_aws.s3 import S3Resource
 
-        return S3Resource(**{name: getattr(self, name) for name in _S3_FIELDS})
+        return S3Resource(**{name: getattr(self, name) for name in type(self).model_fields})
 
     def get_client(self):
         return self.s3_resource().get_client()
@@ -246,9 +241,9 @@ class LocalS3LakeResource(S3LakeResource):
                 f"lake s3://{self.bucket}: no S3 endpoint in the local profile: run `pinterest-platform stack up` "
                 "(it serves S3 with moto and creates the bucket) or set AWS_ENDPOINT_URL")
         return LakeS3Resource(endpoint_url=endpoint, region_name=self.region,
-                          aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
-                          aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
-                          aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
+                              aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
+                              aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
+                              aws_session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
 
     def ensure_bucket(self) -> bool:
         """Create the bucket on moto when it is missing (local profile only). True when it was created."""
