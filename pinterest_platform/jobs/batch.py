@@ -33,9 +33,19 @@ def _rows_differ(columns: list[str]) -> str:
     return " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in columns)
 
 
-def upsert_by_ind(spark, uri: str, rows, schema) -> None:
-    """MERGE rows (one per ind) into the Delta table at uri, creating it with the contract schema."""
+def within(column: str, ind_range: tuple[int, int] | None):
+    """`column` (a qualified name) inside `ind_range`, or true without one: a condition on the target alone,
+    which lets Delta skip the files whose ind min/max lie outside (new events only touch new files)."""
+    from pyspark.sql import functions as F
+
+    return F.lit(True) if ind_range is None else F.col(column).between(*ind_range)
+
+
+def upsert_by_ind(spark, uri: str, rows, schema, ind_range: tuple[int, int] | None = None) -> None:
+    """MERGE rows (one per ind, inside `ind_range` when given) into the Delta table at uri, creating it with
+    the contract schema."""
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
     with table_write_lock(spark, uri):
         if not _table_exists(spark, uri):
@@ -44,7 +54,7 @@ def upsert_by_ind(spark, uri: str, rows, schema) -> None:
             return
         columns = schema.fieldNames()
         (DeltaTable.forPath(spark, uri).alias("t")
-            .merge(rows.alias("s"), "t.ind = s.ind")
+            .merge(rows.alias("s"), (F.col("t.ind") == F.col("s.ind")) & within("t.ind", ind_range))
             .whenMatchedUpdateAll(condition=_rows_differ([c for c in columns if c != "ind"]))
             .whenNotMatchedInsertAll()
             .execute())
@@ -81,6 +91,9 @@ def _order_key():
 
     return F.expr(order_key_sql())
 
+
+# up to this many inds, a run's inds are broadcast to the table-side counts rather than shuffled with the table
+BROADCAST_KEYS = 200_000
 
 # what a kind without files to clean reports
 NOTHING_CLEANED = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
@@ -122,7 +135,8 @@ def read_raw_records(spark, files: list[dict]):
     return records
 
 
-def judge_against_stored(spark, winners, versions_uri: str, table_uri: str):
+def judge_against_stored(spark, winners, versions_uri: str, table_uri: str,
+                         ind_range: tuple[int, int] | None = None):
     """`winners` with `_newer`: whether the row's order key is not older than the one the table's row came
     from (a backfill of an older day never brings back older content; an equal key is the same record, and
     merging it again changes nothing), and `_known`: whether the table may already hold the ind (it must be
@@ -133,7 +147,8 @@ def judge_against_stored(spark, winners, versions_uri: str, table_uri: str):
 
     if not _table_exists(spark, versions_uri):
         return winners.withColumn("_newer", F.lit(True)).withColumn("_known", F.lit(_table_exists(spark, table_uri)))
-    stored = spark.read.format("delta").load(versions_uri).select("ind", _order_key().alias("_stored"))
+    stored = (spark.read.format("delta").load(versions_uri).where(within("ind", ind_range))
+              .select("ind", _order_key().alias("_stored")))
     return (winners.join(stored, "ind", "left")
             .withColumn("_newer", F.col("_stored").isNull() | (_order_key() >= F.col("_stored")))
             .withColumn("_known", F.col("_stored").isNotNull()).drop("_stored"))
@@ -145,7 +160,8 @@ def append_new_rows(spark, uri: str, rows) -> None:
         rows.write.format("delta").mode("append").save(uri)
 
 
-def record_versions(spark, versions_uri: str, winners, new: int, known: int) -> None:
+def record_versions(spark, versions_uri: str, winners, new: int, known: int,
+                    ind_range: tuple[int, int] | None = None) -> None:
     """Remember, per ind, the order key of the record its row holds now: `new` inds (`_known` false)
     appended, `known` ones merged where the key is newer."""
     from delta.tables import DeltaTable
@@ -162,7 +178,8 @@ def record_versions(spark, versions_uri: str, winners, new: int, known: int) -> 
         if new:
             keys(~F.col("_known")).write.format("delta").mode("append").save(versions_uri)
         if known:
-            (DeltaTable.forPath(spark, versions_uri).alias("t").merge(keys(F.col("_known")).alias("s"), "t.ind = s.ind")
+            matches = (F.col("t.ind") == F.col("s.ind")) & within("t.ind", ind_range)
+            (DeltaTable.forPath(spark, versions_uri).alias("t").merge(keys(F.col("_known")).alias("s"), matches)
              .whenMatchedUpdateAll(condition=f"{order_key_sql('s')} > {order_key_sql('t')}").whenNotMatchedInsertAll()
              .execute())
 
@@ -180,12 +197,15 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     good = cleaned.where(is_clean)
     tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
                         F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
-                        F.count(F.lit(1)).alias("read")).first()
+                        F.count(F.lit(1)).alias("read"), F.min(F.when(is_clean, F.col("ind"))).alias("lo"),
+                        F.max(F.when(is_clean, F.col("ind"))).alias("hi")).first()
     read, clean_count, quarantined = int(tally["read"]), int(tally["clean"]), int(tally["quarantined"])
+    # every clean ind of the run lies in this range: reads and MERGEs of the stored tables are limited to it
+    ind_range = None if tally["lo"] is None else (int(tally["lo"]), int(tally["hi"]))
     latest = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
     # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
     # a recomputation (an evicted cache block) would judge them again against the new keys
-    judged = judge_against_stored(spark, latest, versions_uri, table_uri).localCheckpoint(eager=True)
+    judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range).localCheckpoint(eager=True)
     split = judged.agg(F.count(F.lit(1)).alias("keys"), F.count(F.when(F.col("_newer"), 1)).alias("newer"),
                        F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
     keys, upserted, known = int(split["keys"]), int(split["newer"]), int(split["known"])
@@ -193,17 +213,22 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     if upserted:
         # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
         # records of those inds (the same keys) pass again and are merged, so no ind is appended twice
-        record_versions(spark, versions_uri, winners, upserted - known, known)
+        record_versions(spark, versions_uri, winners, upserted - known, known, ind_range)
     if upserted > known:
         append_new_rows(spark, table_uri, cleaned_rows(kind, winners.where(~F.col("_known"))))
     if known:
         upsert_by_ind(spark, table_uri, cleaned_rows(kind, winners.where(F.col("_known"))),
-                      contract.CLEANED_SCHEMAS[kind])
+                      contract.CLEANED_SCHEMAS[kind], ind_range)
     ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
     # counted on the table as it is now, independently of the counts above: a row that a write lost (or a
     # user deleted) shows as a conservation failure
-    seen = good.select("ind").distinct()
-    table_rows = spark.read.format("delta").load(table_uri).join(seen, "ind", "left_semi").count()
+    # the inds the run saw clean: one per judged row (checkpointed, so nothing is cleaned again for this);
+    # an incremental run's few are broadcast, which spares a shuffle of the table
+    seen = judged.select("ind")
+    if keys <= BROADCAST_KEYS:
+        seen = F.broadcast(seen)
+    table_rows = 0 if ind_range is None else (spark.read.format("delta").load(table_uri)
+                                               .where(within("ind", ind_range)).join(seen, "ind", "left_semi").count())
     # kept (checkpointed) past this function: the quarantine rows and origins are read after `cleaned` is gone
     rejected = quarantine_rows(kind, cleaned).localCheckpoint(eager=True) if quarantined else None
     origins = cleaned.select(F.col("_origin").alias("origin")).distinct().localCheckpoint(eager=True)
@@ -262,9 +287,15 @@ def clean_batch(spark, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
-    """Recompute the nine analytics tables from the cleaned tables (full overwrite each run).
+    """Recompute the nine analytics tables from the cleaned tables (a table is overwritten when its rows changed).
 
-    params: tables_root, preview_rows. Returns per table: rows and a preview (list of row dicts)."""
+    params: tables_root, preview_rows. Returns per table: rows and a preview (list of row dicts).
+
+    The joins the outputs share are computed once and kept for the run; the nine outputs then go three at
+    a time, since each is mostly the latency of a small job and a Delta commit. An output equal to its
+    table's rows is not written again (`rewritten` false)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pinterest_platform.transforms.analytics import compute_all
 
     tables_root = params["tables_root"].rstrip("/")
@@ -276,18 +307,48 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
             loaded[kind] = spark.read.format("delta").load(uri)
         else:
             loaded[kind] = spark.createDataFrame([], contract.CLEANED_SCHEMAS[kind])
-    outputs = compute_all(loaded["pin"], loaded["geo"], loaded["user"])
-    results = {}
-    for name in contract.ANALYTICS_TABLES:
-        df = outputs[name].persist()
+    kept = []
+
+    def share(df):
+        kept.append(df.persist())
+        return kept[-1]
+
+    outputs = compute_all(loaded["pin"], loaded["geo"], loaded["user"], share=share)
+    for df in kept:
+        df.count()  # filled here, once: concurrent writers of an unfilled cache would each compute it
+
+    def write(name: str) -> dict[str, Any]:
+        # an output is small (one row per country, year or age group), so it is computed once, here, and
+        # written from these rows; a table that already holds exactly them is not rewritten (a Delta
+        # overwrite costs a second or more, and a few new events leave most outputs as they were)
+        rows = outputs[name].collect()
         uri = f"{tables_root}/{name}"
-        with table_write_lock(spark, uri):
-            df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(uri)
-        rows = [r.asDict() for r in df.collect()] if preview_rows else []
-        count = len(rows) if preview_rows else df.count()
-        df.unpersist()
-        results[name] = {"rows": count, "preview": [_jsonable(r) for r in rows[:preview_rows]]}
-    return results
+        schema = contract.ANALYTICS_SCHEMAS[name]
+        rewrite = not _holds_exactly(spark, uri, schema, rows)
+        if rewrite:
+            with table_write_lock(spark, uri):
+                (spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite")
+                 .option("overwriteSchema", "true").save(uri))
+        return {"rows": len(rows), "rewritten": rewrite,
+                "preview": [_jsonable(r.asDict()) for r in rows[:preview_rows]]}
+
+    try:
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="analytics") as pool:
+            futures = {name: pool.submit(write, name) for name in contract.ANALYTICS_TABLES}
+            return {name: futures[name].result() for name in contract.ANALYTICS_TABLES}
+    finally:
+        for df in kept:
+            df.unpersist()
+
+
+def _holds_exactly(spark, uri: str, schema, rows) -> bool:
+    """Whether the Delta table at uri has `schema` and holds exactly `rows` (as a multiset)."""
+    from collections import Counter
+
+    if not _table_exists(spark, uri):
+        return False
+    stored = spark.read.format("delta").load(uri)
+    return stored.schema == schema and Counter(map(tuple, stored.collect())) == Counter(map(tuple, rows))
 
 
 def _jsonable(row: dict) -> dict:

@@ -12,6 +12,8 @@ whatever the session time zone is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -70,43 +72,39 @@ def _pin_user(pin: DataFrame, user: DataFrame) -> DataFrame:
                     utc_year(F.col("date_joined")).alias("post_year")), "ind")
 
 
-def popular_category_by_country(pin: DataFrame, geo: DataFrame) -> DataFrame:
-    top = _most_posted_category(_pin_geo(pin, geo), "country")
-    return _output("popular_category_by_country", top)
+def _popular_category_by_country(by_geo: DataFrame) -> DataFrame:
+    return _output("popular_category_by_country", _most_posted_category(by_geo, "country"))
 
 
-def popular_category_by_year(pin: DataFrame, geo: DataFrame) -> DataFrame:
-    posts = _pin_geo(pin, geo).where(F.col("post_year").between(*contract.POST_YEAR_WINDOW))
+def _popular_category_by_year(by_geo: DataFrame) -> DataFrame:
+    posts = by_geo.where(F.col("post_year").between(*contract.POST_YEAR_WINDOW))
     return _output("popular_category_by_year", _most_posted_category(posts, "post_year"))
 
 
-def top_poster_by_country(pin: DataFrame, geo: DataFrame) -> DataFrame:
-    posts = _pin_geo(pin, geo).where(F.col("country").isNotNull() & F.col("poster_name").isNotNull()
-                                     & F.col("follower_count").isNotNull())
-    top = _top(posts, ["country"], "follower_count", "poster_name")
-    return _output("top_poster_by_country", top)
+def _top_posters(by_geo: DataFrame) -> DataFrame:
+    posts = by_geo.where(F.col("country").isNotNull() & F.col("poster_name").isNotNull()
+                         & F.col("follower_count").isNotNull())
+    return _top(posts, ["country"], "follower_count", "poster_name")
 
 
-def top_country_by_followers(pin: DataFrame, geo: DataFrame) -> DataFrame:
-    """One row (none without posts): the country of the top poster overall, from the same candidates
-    as `top_poster_by_country` (poster name and follower count known)."""
-    top = (top_poster_by_country(pin, geo)
-           .orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1))
+def _top_poster_by_country(by_geo: DataFrame) -> DataFrame:
+    return _output("top_poster_by_country", _top_posters(by_geo))
+
+
+def _top_country_by_followers(by_geo: DataFrame) -> DataFrame:
+    top = _top_posters(by_geo).orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1)
     return _output("top_country_by_followers", top)
 
 
-def popular_category_by_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
-    top = _most_posted_category(_pin_user(pin, user), "age_group")
-    return _output("popular_category_by_age_group", top)
+def _popular_category_by_age_group(by_user: DataFrame) -> DataFrame:
+    return _output("popular_category_by_age_group", _most_posted_category(by_user, "age_group"))
 
 
-def median_followers_by_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
-    medians = _median_followers(_pin_user(pin, user), ["age_group"])
-    return _output("median_followers_by_age_group", medians)
+def _median_followers_by_age_group(by_user: DataFrame) -> DataFrame:
+    return _output("median_followers_by_age_group", _median_followers(by_user, ["age_group"]))
 
 
-def users_joined_by_year(user: DataFrame) -> DataFrame:
-    """Distinct users per year joined, a user being (user_name, age, date_joined); nulls count as values."""
+def _users_joined_by_year(user: DataFrame) -> DataFrame:
     users = user.select("user_name", "age", "date_joined").distinct()
     joined = (users.select(utc_year(F.col("date_joined")).alias("post_year"))
               .where(F.col("post_year").between(*contract.JOIN_YEAR_WINDOW))
@@ -114,28 +112,77 @@ def users_joined_by_year(user: DataFrame) -> DataFrame:
     return _output("users_joined_by_year", joined)
 
 
-def median_followers_by_join_year(pin: DataFrame, user: DataFrame) -> DataFrame:
-    posts = _pin_user(pin, user).where(F.col("post_year").between(*contract.JOIN_YEAR_WINDOW))
-    return _output("median_followers_by_join_year", _median_followers(posts, ["post_year"]))
+def _joined_in_window(by_user: DataFrame) -> DataFrame:
+    return by_user.where(F.col("post_year").between(*contract.JOIN_YEAR_WINDOW))
 
 
-def median_followers_by_join_year_and_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
-    posts = _pin_user(pin, user).where(F.col("post_year").between(*contract.JOIN_YEAR_WINDOW))
-    medians = _median_followers(posts, ["age_group", "post_year"])
+def _median_followers_by_join_year(by_user: DataFrame) -> DataFrame:
+    return _output("median_followers_by_join_year", _median_followers(_joined_in_window(by_user), ["post_year"]))
+
+
+def _median_followers_by_join_year_and_age_group(by_user: DataFrame) -> DataFrame:
+    medians = _median_followers(_joined_in_window(by_user), ["age_group", "post_year"])
     return _output("median_followers_by_join_year_and_age_group", medians)
 
 
-def compute_all(pin: DataFrame, geo: DataFrame, user: DataFrame) -> dict[str, DataFrame]:
-    """Every output of §4, keyed by `contract.ANALYTICS_TABLES` names (in that order)."""
+def popular_category_by_country(pin: DataFrame, geo: DataFrame) -> DataFrame:
+    return _popular_category_by_country(_pin_geo(pin, geo))
+
+
+def popular_category_by_year(pin: DataFrame, geo: DataFrame) -> DataFrame:
+    return _popular_category_by_year(_pin_geo(pin, geo))
+
+
+def top_poster_by_country(pin: DataFrame, geo: DataFrame) -> DataFrame:
+    return _top_poster_by_country(_pin_geo(pin, geo))
+
+
+def top_country_by_followers(pin: DataFrame, geo: DataFrame) -> DataFrame:
+    """One row (none without posts): the country of the top poster overall, from the same candidates
+    as `top_poster_by_country` (poster name and follower count known)."""
+    return _top_country_by_followers(_pin_geo(pin, geo))
+
+
+def popular_category_by_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
+    return _popular_category_by_age_group(_pin_user(pin, user))
+
+
+def median_followers_by_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
+    return _median_followers_by_age_group(_pin_user(pin, user))
+
+
+def users_joined_by_year(user: DataFrame) -> DataFrame:
+    """Distinct users per year joined, a user being (user_name, age, date_joined); nulls count as values."""
+    return _users_joined_by_year(user)
+
+
+def median_followers_by_join_year(pin: DataFrame, user: DataFrame) -> DataFrame:
+    return _median_followers_by_join_year(_pin_user(pin, user))
+
+
+def median_followers_by_join_year_and_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
+    return _median_followers_by_join_year_and_age_group(_pin_user(pin, user))
+
+
+def compute_all(pin: DataFrame, geo: DataFrame, user: DataFrame,
+                share: Callable[[DataFrame], DataFrame] = lambda df: df) -> dict[str, DataFrame]:
+    """Every output of §4, keyed by `contract.ANALYTICS_TABLES` names (in that order).
+
+    The outputs read two joins (posts with their geo row, posts with their user row) and the user
+    projection; `share` is applied to each of those once (a job passes `persist`, so the nine outputs do
+    not join the tables nine times)."""
+    by_geo = share(_pin_geo(pin, geo))
+    by_user = share(_pin_user(pin, user))
+    users = share(user.select("user_name", "age", "date_joined"))
     outputs = {
-        "popular_category_by_country": popular_category_by_country(pin, geo),
-        "popular_category_by_year": popular_category_by_year(pin, geo),
-        "top_poster_by_country": top_poster_by_country(pin, geo),
-        "top_country_by_followers": top_country_by_followers(pin, geo),
-        "popular_category_by_age_group": popular_category_by_age_group(pin, user),
-        "median_followers_by_age_group": median_followers_by_age_group(pin, user),
-        "users_joined_by_year": users_joined_by_year(user),
-        "median_followers_by_join_year": median_followers_by_join_year(pin, user),
-        "median_followers_by_join_year_and_age_group": median_followers_by_join_year_and_age_group(pin, user),
+        "popular_category_by_country": _popular_category_by_country(by_geo),
+        "popular_category_by_year": _popular_category_by_year(by_geo),
+        "top_poster_by_country": _top_poster_by_country(by_geo),
+        "top_country_by_followers": _top_country_by_followers(by_geo),
+        "popular_category_by_age_group": _popular_category_by_age_group(by_user),
+        "median_followers_by_age_group": _median_followers_by_age_group(by_user),
+        "users_joined_by_year": _users_joined_by_year(users),
+        "median_followers_by_join_year": _median_followers_by_join_year(by_user),
+        "median_followers_by_join_year_and_age_group": _median_followers_by_join_year_and_age_group(by_user),
     }
     return {name: outputs[name] for name in contract.ANALYTICS_TABLES}

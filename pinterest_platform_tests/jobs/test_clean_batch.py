@@ -112,8 +112,8 @@ def test_conservation_counts_the_table_so_a_lost_row_fails(spark, lake, monkeypa
     # a write that loses a row (here: the table's row deleted right after the MERGE) fails the check
     original = batch_jobs.upsert_by_ind
 
-    def lossy(spark_, uri, rows, schema):
-        original(spark_, uri, rows, schema)
+    def lossy(spark_, uri, rows, schema, ind_range=None):
+        original(spark_, uri, rows, schema, ind_range)
         DeltaTable.forPath(spark_, uri).delete("ind = 3")
 
     monkeypatch.setattr(batch_jobs, "upsert_by_ind", lossy)
