@@ -216,8 +216,11 @@ def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, st
 
     `targets`: (kind, stream, table_uri) per kind the batch may hold; `stream` selects its records by the
     `source` column (None: the whole batch is that kind's). The batch is read from the source once
-    (cached); the tables are written one after the other (pin first), then the quarantined records of all
-    kinds in one append, idempotent by Delta's `txnAppId` (the query's id) and `txnVersion` (the batch id)."""
+    (cached); the kinds' tables are written at the same time, one thread each (their tables are distinct,
+    and a micro-batch's time is mostly the latency of small Spark jobs and Delta commits, which overlap),
+    then the quarantined records of all kinds in one append, idempotent by Delta's `txnAppId` (the query's
+    id) and `txnVersion` (the batch id)."""
+    from concurrent.futures import ThreadPoolExecutor
     from functools import reduce
 
     from pyspark.sql import functions as F
@@ -231,21 +234,22 @@ def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, st
             by_stream = {None: batch.count()}
         else:
             by_stream = {r[0]: r[1] for r in batch.groupBy("source").count().collect()}
-        quarantine_parts = []
-        done: dict[str, dict[str, int]] = {}
-        for kind, stream, table_uri in targets:
-            records = by_stream.get(stream, 0)
-            if not records:
-                continue
+        def write_kind(kind: str, stream: str | None, table_uri: str, records: int):
             rows = batch if stream is None else batch.where(F.col("source") == stream)
             cleaned = clean(kind, rows).persist()
             cached.append(cleaned)
             good = cleaned.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
             counts = upsert_rows(spark, kind, good, table_uri)
             counts.update(records=records, quarantined=records - counts["clean"])
-            if counts["quarantined"]:
-                quarantine_parts.append(quarantine_rows(kind, cleaned))
-            done[kind] = counts
+            return counts, (quarantine_rows(kind, cleaned) if counts["quarantined"] else None)
+
+        todo = [(kind, stream, uri, by_stream.get(stream, 0)) for kind, stream, uri in targets
+                if by_stream.get(stream, 0)]
+        with ThreadPoolExecutor(max_workers=max(len(todo), 1), thread_name_prefix="stream-kind") as pool:
+            futures = [(kind, pool.submit(write_kind, kind, stream, uri, n)) for kind, stream, uri, n in todo]
+            results = [(kind, future.result()) for kind, future in futures]
+        done = {kind: counts for kind, (counts, _) in results}
+        quarantine_parts = [part for _, (_, part) in results if part is not None]
         if quarantine_parts:
             # Delta records (txnAppId, txnVersion) in the commit and skips a write it has already seen
             with table_write_lock(spark, quarantine_uri):
