@@ -49,6 +49,11 @@ def post_rows(kafka, db: str, prefix: str, first: int, count: int, posted_at: dt
     tables = source_tables(sa.MetaData())
     producer = kafka.producer()
     failed = []
+
+    def report(err, _msg):
+        if err:
+            failed.append(err)
+
     stamp = None if posted_at is None else int(posted_at.timestamp() * 1000)
     with engine.connect() as conn:
         for kind in contract.EVENT_KINDS:
@@ -60,7 +65,6 @@ def post_rows(kafka, db: str, prefix: str, first: int, count: int, posted_at: dt
             for row in rows:
                 value = json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
                                     for k, v in row._mapping.items()}).encode()
-                report = lambda err, _msg: failed.append(err) if err else None  # noqa: E731
                 if stamp is None:
                     producer.produce(topic, value, on_delivery=report)
                 else:
@@ -123,19 +127,19 @@ def run_size(events: int, work: Path) -> dict:
 
     post(full_events, resume=False)
     full = batch.run()
-    print(f"  full run: " + ", ".join(f"{k} {full[k].seconds:.1f}s (peak RSS {full[k].peak_rss_mb:,.0f} MB)"
+    print("  full run: " + ", ".join(f"{k} {full[k].seconds:.1f}s (peak RSS {full[k].peak_rss_mb:,.0f} MB)"
                                      for k in ("sink", "clean", "analytics")), flush=True)
-    paths = [f.path for t in batch.topics for f in read_raw_files(batch.lake, t)]
-    floor = pyarrow_floor(batch.lake_root, paths)
+    paths = {kind: [f.path for f in read_raw_files(batch.lake, contract.topic_name(batch.prefix, kind))]
+             for kind in contract.EVENT_KINDS}
+    floor = pyarrow_floor(batch.lake_root, [p for of_kind in paths.values() for p in of_kind])
     # the peer: the same raw files cleaned the way the original notebooks do, on the same SparkSession
-    by_kind = {kind: [str(batch.lake_root / f.path) for f in read_raw_files(batch.lake, contract.topic_name(batch.prefix, kind))]
-               for kind in contract.EVENT_KINDS}
+    by_kind = {kind: [str(batch.lake_root / p) for p in of_kind] for kind, of_kind in paths.items()}
     with measure() as peer:
         clean_like_the_notebooks(batch.spark, by_kind, str(work / f"notebook-{events}"))
     print(f"  notebook-style clean: {peer.seconds:.1f}s", flush=True)
     post(extra, resume=True)  # 1% new events after the cursor
     inc = batch.run()
-    print(f"  +1% run: " + ", ".join(f"{k} {inc[k].seconds:.1f}s" for k in ("sink", "clean", "analytics")), flush=True)
+    print("  +1% run: " + ", ".join(f"{k} {inc[k].seconds:.1f}s" for k in ("sink", "clean", "analytics")), flush=True)
     records = 3 * full_events
     full_s = sum(full[k].seconds for k in ("sink", "clean", "analytics"))
     inc_s = sum(inc[k].seconds for k in ("sink", "clean", "analytics"))
