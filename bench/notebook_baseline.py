@@ -9,22 +9,16 @@ the latest-posted record per ind, hold exact types on malformed values, count wh
 
 from __future__ import annotations
 
-PIN_PLACEHOLDERS = {
-    "title": ["No Title Data Available"],
-    "description": ["No description available Story format", "No description available", "Untitled"],
-    "poster_name": ["User Info Error"],
-    "follower_count": ["User Info Error"],
-    "tag_list": ["N,o, ,T,a,g,s, ,A,v,a,i,l,a,b,l,e"],
-    "image_src": ["Image src error."],
-}
+from pinterest_platform import contract
 
 
-def _nulls_for(df, placeholders: dict[str, list[str]]):
+def _nulls_for(df, placeholders: dict[str, tuple[str, ...]]):
     from pyspark.sql import functions as F
 
+    types = dict(df.dtypes)
     for column in df.columns:
-        values = placeholders.get(column, [])
-        if dict(df.dtypes)[column] != "string":
+        values = placeholders.get(column, ())
+        if types[column] != "string":
             continue
         is_placeholder = F.trim(F.col(column)) == ""
         for value in values:
@@ -36,17 +30,15 @@ def _nulls_for(df, placeholders: dict[str, list[str]]):
 def clean_pin(spark, paths: list[str]):
     from pyspark.sql import functions as F
 
-    df = _nulls_for(spark.read.json(paths), PIN_PLACEHOLDERS)
+    df = _nulls_for(spark.read.json(paths), contract.PLACEHOLDERS)
     count = F.regexp_replace(F.col("follower_count"), "[kK]", "000")
     count = F.regexp_replace(count, "[mM]", "000000")
     # the notebooks ran with ANSI mode off, where a cast of "8.6000" gives null; try_cast is that cast here
     df = (df.withColumn("follower_count", count.try_cast("int"))
-          .withColumn("save_location", F.regexp_replace("save_location", "Local save in ", ""))
+          .withColumn("save_location", F.regexp_replace("save_location", contract.SAVE_LOCATION_PREFIX, ""))
           .withColumnRenamed("index", "ind")
           .withColumn("ind", F.col("ind").try_cast("int")))
-    columns = ["ind", "unique_id", "title", "description", "follower_count", "poster_name", "tag_list",
-               "is_image_or_video", "image_src", "save_location", "category"]
-    return df.select(*columns).dropDuplicates()
+    return df.select(*contract.CLEANED_COLUMNS["pin"]).dropDuplicates()
 
 
 def clean_geo(spark, paths: list[str]):
@@ -57,7 +49,7 @@ def clean_geo(spark, paths: list[str]):
           .drop("latitude", "longitude")
           .withColumn("timestamp", F.try_to_timestamp("timestamp"))
           .withColumn("ind", F.col("ind").try_cast("int")))
-    return df.select("ind", "country", "coordinates", "timestamp").dropDuplicates()
+    return df.select(*contract.CLEANED_COLUMNS["geo"]).dropDuplicates()
 
 
 def clean_user(spark, paths: list[str]):
@@ -69,7 +61,7 @@ def clean_user(spark, paths: list[str]):
           .withColumn("date_joined", F.try_to_timestamp("date_joined"))
           .withColumn("ind", F.col("ind").try_cast("int"))
           .withColumn("age", F.col("age").try_cast("int")))
-    return df.select("ind", "user_name", "age", "date_joined").dropDuplicates()
+    return df.select(*contract.CLEANED_COLUMNS["user"]).dropDuplicates()
 
 
 CLEANERS = {"pin": clean_pin, "geo": clean_geo, "user": clean_user}
