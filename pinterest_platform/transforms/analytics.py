@@ -91,8 +91,10 @@ def _top_poster_by_country(by_geo: DataFrame) -> DataFrame:
     return _output("top_poster_by_country", _top_posters(by_geo))
 
 
-def _top_country_by_followers(by_geo: DataFrame) -> DataFrame:
-    top = _top_posters(by_geo).orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1)
+def _top_country_by_followers(by_geo: DataFrame, top_posters: DataFrame | None = None) -> DataFrame:
+    """From the countries' top posters (`_top_posters(by_geo)` unless given): the greatest, ties to the country."""
+    posters = _top_posters(by_geo) if top_posters is None else top_posters
+    top = posters.orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1)
     return _output("top_country_by_followers", top)
 
 
@@ -164,24 +166,43 @@ def median_followers_by_join_year_and_age_group(pin: DataFrame, user: DataFrame)
     return _median_followers_by_join_year_and_age_group(_pin_user(pin, user))
 
 
+def _posts(pin: DataFrame, geo: DataFrame, user: DataFrame) -> DataFrame:
+    """Every pin row with its geo and user columns (null without a row there), in one plan: the pin table is
+    shuffled by ind once for both joins, where two inner joins would shuffle it twice. `_has_geo`/`_has_user`
+    mark the rows the inner joins would keep (ind is unique in a cleaned table, so a left join and a
+    filter give the same rows as the inner join)."""
+    places = geo.select("ind", "country", utc_year(F.col("timestamp")).alias("geo_year"),
+                        F.lit(True).alias("_has_geo"))
+    users = user.select("ind", age_group(F.col("age")).alias("age_group"),
+                        utc_year(F.col("date_joined")).alias("join_year"), F.lit(True).alias("_has_user"))
+    return (pin.select("ind", "category", "poster_name", "follower_count")
+            .join(places, "ind", "left").join(users, "ind", "left"))
+
+
 def compute_all(pin: DataFrame, geo: DataFrame, user: DataFrame,
                 share: Callable[[DataFrame], DataFrame] = lambda df: df) -> dict[str, DataFrame]:
     """Every output of §4, keyed by `contract.ANALYTICS_TABLES` names (in that order).
 
-    The outputs read two joins (posts with their geo row, posts with their user row) and the user
-    projection; `share` is applied to each of those once (a job passes `persist`, so the nine outputs do
-    not join the tables nine times)."""
-    by_geo = share(_pin_geo(pin, geo))
-    by_user = share(_pin_user(pin, user))
-    users = share(user.select("user_name", "age", "date_joined"))
+    The outputs read the posts with their geo and user columns, joined once; `share` is applied to that
+    join and to the countries' top posters (a job passes `persist`, so the nine outputs do not join the
+    tables nine times). The cleaned tables' ind is unique (a blocking check); with duplicate inds use the
+    per-output functions."""
+    posts = share(_posts(pin, geo, user))
+    by_geo = posts.where(F.col("_has_geo")).select("ind", "category", "poster_name", "follower_count", "country",
+                                                   F.col("geo_year").alias("post_year"))
+    by_user = posts.where(F.col("_has_user")).select("ind", "category", "follower_count", "age_group",
+                                                     F.col("join_year").alias("post_year"))
+    # one row per country, read by two outputs: shared too, so its window over the posts runs once
+    top_posters = share(_top_posters(by_geo))
     outputs = {
         "popular_category_by_country": _popular_category_by_country(by_geo),
         "popular_category_by_year": _popular_category_by_year(by_geo),
-        "top_poster_by_country": _top_poster_by_country(by_geo),
-        "top_country_by_followers": _top_country_by_followers(by_geo),
+        "top_poster_by_country": _output("top_poster_by_country", top_posters),
+        "top_country_by_followers": _top_country_by_followers(by_geo, top_posters),
         "popular_category_by_age_group": _popular_category_by_age_group(by_user),
         "median_followers_by_age_group": _median_followers_by_age_group(by_user),
-        "users_joined_by_year": _users_joined_by_year(users),
+        # one output reads the user table alone: nothing to share
+        "users_joined_by_year": _users_joined_by_year(user),
         "median_followers_by_join_year": _median_followers_by_join_year(by_user),
         "median_followers_by_join_year_and_age_group": _median_followers_by_join_year_and_age_group(by_user),
     }
