@@ -87,14 +87,13 @@ def _top_posters(by_geo: DataFrame) -> DataFrame:
     return _top(posts, ["country"], "follower_count", "poster_name")
 
 
-def _top_poster_by_country(by_geo: DataFrame) -> DataFrame:
-    return _output("top_poster_by_country", _top_posters(by_geo))
+def _top_poster_by_country(top_posters: DataFrame) -> DataFrame:
+    return _output("top_poster_by_country", top_posters)
 
 
-def _top_country_by_followers(by_geo: DataFrame, top_posters: DataFrame | None = None) -> DataFrame:
-    """From the countries' top posters (`_top_posters(by_geo)` unless given): the greatest, ties to the country."""
-    posters = _top_posters(by_geo) if top_posters is None else top_posters
-    top = posters.orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1)
+def _top_country_by_followers(top_posters: DataFrame) -> DataFrame:
+    """From the countries' top posters (`_top_posters`): the greatest, ties to the country."""
+    top = top_posters.orderBy(F.col("follower_count").desc(), F.col("country").asc()).limit(1)
     return _output("top_country_by_followers", top)
 
 
@@ -136,13 +135,13 @@ def popular_category_by_year(pin: DataFrame, geo: DataFrame) -> DataFrame:
 
 
 def top_poster_by_country(pin: DataFrame, geo: DataFrame) -> DataFrame:
-    return _top_poster_by_country(_pin_geo(pin, geo))
+    return _top_poster_by_country(_top_posters(_pin_geo(pin, geo)))
 
 
 def top_country_by_followers(pin: DataFrame, geo: DataFrame) -> DataFrame:
     """One row (none without posts): the country of the top poster overall, from the same candidates
     as `top_poster_by_country` (poster name and follower count known)."""
-    return _top_country_by_followers(_pin_geo(pin, geo))
+    return _top_country_by_followers(_top_posters(_pin_geo(pin, geo)))
 
 
 def popular_category_by_age_group(pin: DataFrame, user: DataFrame) -> DataFrame:
@@ -197,8 +196,8 @@ def compute_all(pin: DataFrame, geo: DataFrame, user: DataFrame,
     outputs = {
         "popular_category_by_country": _popular_category_by_country(by_geo),
         "popular_category_by_year": _popular_category_by_year(by_geo),
-        "top_poster_by_country": _output("top_poster_by_country", top_posters),
-        "top_country_by_followers": _top_country_by_followers(by_geo, top_posters),
+        "top_poster_by_country": _top_poster_by_country(top_posters),
+        "top_country_by_followers": _top_country_by_followers(top_posters),
         "popular_category_by_age_group": _popular_category_by_age_group(by_user),
         "median_followers_by_age_group": _median_followers_by_age_group(by_user),
         # one output reads the user table alone: nothing to share
