@@ -48,6 +48,9 @@ META_COLUMNS = ("_reason", "_raw", "_source", "_origin")
 
 # Java regex `\s`; the reference strips exactly these characters too
 WHITESPACE = " \t\n\r\x0b\x0c"
+# what JSON (RFC 8259) allows around a value
+JSON_WHITESPACE = " \t\n\r"
+ALLOW_DUPLICATE_KEYS = "spark.sql.variant.allowDuplicateKeys"
 
 INTEGER_PATTERN = r"^[+-]?[0-9]+$"
 COUNT_PATTERN = r"^([0-9]+)(\.([0-9]+))?([kKmM]?)$"
@@ -128,6 +131,11 @@ def _save_location(text: Column) -> Column:
     return F.nullif(F.when(text.startswith(prefix), path).otherwise(text), F.lit(""))
 
 
+def _duplicate_keys_allowed(records: DataFrame) -> bool:
+    """Whether the session lets the variant parser accept duplicate keys (read when the plan is built)."""
+    return records.sparkSession.conf.get(ALLOW_DUPLICATE_KEYS, "false").strip().lower() == "true"
+
+
 def parse_records(kind: str, records: DataFrame) -> DataFrame:
     """Records -> the source row's fields as received (strings, source column names), `_reason`
     (`invalid UTF-8`, `malformed JSON`, `not a JSON object` or null), `_raw` (the text, or the bytes in
@@ -149,20 +157,26 @@ def parse_records(kind: str, records: DataFrame) -> DataFrame:
     valid_utf8 = F.coalesce(F.is_valid_utf8(received), F.lit(True))
     # invalid text is never parsed, so no field is ever read with replacement characters
     value = F.when(valid_utf8, received)
-    # try_parse_json ignores text after the first JSON value ("{...} junk"), and so does
-    # json_array_length after the array's end. Wrapped as `[value]` a well-formed object is an array of
-    # one element, and as `[value,0]` an array of two: trailing text breaks one of the two.
+    # One variant parse judges the JSON. try_parse_json ignores text after the first JSON value
+    # ("{...} junk"), so the value is parsed wrapped as `[value]`: trailing text then breaks the array, or
+    # makes it longer than one element. Only a `]` in the value can close the wrapper early
+    # (`{...}] junk`); such a value (rare) is parsed once more as `[value,0]`, whose length trailing
+    # text breaks. The fields themselves are read by from_json, the one parse with the wire schema.
     elements = F.try_variant_get(F.try_parse_json(F.concat(F.lit("["), value, F.lit("]"))), "$", "array<variant>")
-    well_formed = (F.coalesce(F.size(elements) == 1, F.lit(False))
-                   & F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))) == 2, F.lit(False)))
-    # try_parse_json rejects duplicate keys only while spark.sql.variant.allowDuplicateKeys is false,
-    # and from_json would silently take a duplicated field's last value. Counting the top-level keys
-    # quarantines such a record whatever a cluster sets, so batch and streaming cannot disagree on it.
-    keys = F.json_object_keys(value)
-    duplicate_key = F.coalesce(F.size(keys) != F.size(F.array_distinct(keys)), F.lit(False))
-    is_object = F.schema_of_variant(F.try_element_at(elements, F.lit(1))).startswith("OBJECT")
+    closed_early = F.when(value.contains("]"),
+                          ~F.coalesce(F.json_array_length(F.concat(F.lit("["), value, F.lit(",0]"))) == 2, F.lit(False)))
+    well_formed = F.coalesce(F.size(elements) == 1, F.lit(False)) & ~F.coalesce(closed_early, F.lit(False))
+    # a well-formed value is an object exactly when it starts with `{` after JSON's whitespace
+    is_object = F.ltrim(value, F.lit(JSON_WHITESPACE)).startswith("{")
+    malformed = ~well_formed
+    if _duplicate_keys_allowed(records):
+        # the variant parser rejects duplicate keys (at any depth) unless the session allows them, and
+        # from_json would silently take a duplicated field's last value: counting the top-level keys
+        # quarantines such a record whatever a cluster sets, so batch and streaming cannot disagree on it
+        keys = F.json_object_keys(value)
+        malformed = malformed | F.coalesce(F.size(keys) != F.size(F.array_distinct(keys)), F.lit(False))
     reason = (F.when(~valid_utf8, F.lit(INVALID_UTF8))
-              .when(~well_formed | duplicate_key, F.lit(MALFORMED_JSON))
+              .when(malformed, F.lit(MALFORMED_JSON))
               .when(~is_object, F.lit(NOT_AN_OBJECT)))
     # the quarantine's raw is a string: invalid UTF-8 goes there as hex, losslessly (base64 would
     # depend on spark.sql.chunkBase64String.enabled)
