@@ -189,26 +189,34 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     the quarantine, shared by the kinds, is written once by the caller."""
     from pyspark.sql import functions as F
 
-    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
+    from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key_and_rest, quarantine_rows
 
-    records = read_raw_records(spark, files)
-    cleaned = clean(kind, records).persist()
     is_clean = F.col("_reason").isNull() & F.col("ind").isNotNull()
-    good = cleaned.where(is_clean)
-    tally = cleaned.agg(F.count(F.when(is_clean, 1)).alias("clean"),
-                        F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
-                        F.count(F.lit(1)).alias("read"), F.min(F.when(is_clean, F.col("ind"))).alias("lo"),
-                        F.max(F.when(is_clean, F.col("ind"))).alias("hi")).first()
-    read, clean_count, quarantined = int(tally["read"]), int(tally["clean"]), int(tally["quarantined"])
+    # The one pass over the raw files: cleaned, one row kept per clean ind (the latest, with `_copies`, how
+    # many clean records it had) and every rejected record, checkpointed. Everything below reads these
+    # rows, so no record is parsed twice, and the whole cleaned input is never cached beside them.
+    records = read_raw_records(spark, files)
+    kept = latest_per_key_and_rest(clean(kind, records), is_clean, key="ind", order_by=[*ORDER_COLUMNS, "_raw"],
+                                   copies="_copies").localCheckpoint(eager=True)
+    tally = kept.agg(F.sum(F.when(is_clean, F.col("_copies"))).alias("clean"),
+                     F.count(F.when(is_clean, 1)).alias("keys"),
+                     F.count(F.when(~is_clean, 1)).alias("rejected"),
+                     F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
+                     F.min(F.when(is_clean, F.col("ind"))).alias("lo"),
+                     F.max(F.when(is_clean, F.col("ind"))).alias("hi")).first()
+    clean_count, keys = int(tally["clean"] or 0), int(tally["keys"])
+    quarantined, read = int(tally["quarantined"]), clean_count + int(tally["rejected"])
     # every clean ind of the run lies in this range: reads and MERGEs of the stored tables are limited to it
     ind_range = None if tally["lo"] is None else (int(tally["lo"]), int(tally["hi"]))
-    latest = latest_per_key(good, key="ind", order_by=[*ORDER_COLUMNS, "_raw"])
-    # checkpointed, not cached: the writes below change the versions table these rows were judged on, and
-    # a recomputation (an evicted cache block) would judge them again against the new keys
-    judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range).localCheckpoint(eager=True)
-    split = judged.agg(F.count(F.lit(1)).alias("keys"), F.count(F.when(F.col("_newer"), 1)).alias("newer"),
+    latest = kept.where(is_clean).drop("_copies")
+    judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
+    if _table_exists(spark, versions_uri):
+        # checkpointed: the writes below change the versions table these rows were judged on, and a
+        # recomputation would judge them again against the new keys
+        judged = judged.localCheckpoint(eager=True)
+    split = judged.agg(F.count(F.when(F.col("_newer"), 1)).alias("newer"),
                        F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
-    keys, upserted, known = int(split["keys"]), int(split["newer"]), int(split["known"])
+    upserted, known = int(split["newer"]), int(split["known"])
     winners = judged.where(F.col("_newer"))
     if upserted:
         # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
@@ -222,17 +230,16 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
     # counted on the table as it is now, independently of the counts above: a row that a write lost (or a
     # user deleted) shows as a conservation failure
-    # the inds the run saw clean: one per judged row (checkpointed, so nothing is cleaned again for this);
-    # an incremental run's few are broadcast, which spares a shuffle of the table
-    seen = judged.select("ind")
+    # the inds the run saw clean: one per kept clean row; an incremental run's few are broadcast, which
+    # spares a shuffle of the table
+    seen = latest.select("ind")
     if keys <= BROADCAST_KEYS:
         seen = F.broadcast(seen)
     table_rows = 0 if ind_range is None else (spark.read.format("delta").load(table_uri)
                                                .where(within("ind", ind_range)).join(seen, "ind", "left_semi").count())
-    # kept (checkpointed) past this function: the quarantine rows and origins are read after `cleaned` is gone
-    rejected = quarantine_rows(kind, cleaned).localCheckpoint(eager=True) if quarantined else None
-    origins = cleaned.select(F.col("_origin").alias("origin")).distinct().localCheckpoint(eager=True)
-    cleaned.unpersist()
+    # both read the checkpointed rows, which outlive this function with them
+    rejected = quarantine_rows(kind, kept) if quarantined else None
+    origins = kept.select(F.col("_origin").alias("origin")).distinct()
     counts = {"files": len(files), "read": read, "clean": clean_count, "upserted": upserted,
               "duplicates": clean_count - keys, "older": keys - upserted, "quarantined": quarantined,
               "table_rows": table_rows}

@@ -3,7 +3,7 @@
 Pure PySpark, shared by the batch job and the streaming query: DataFrame in, DataFrame out, no I/O, only
 native Spark functions. `clean` types every record and gives each a `_reason` (null when it is clean);
 `cleaned_rows` and `quarantine_rows` split the result into the contract table and the quarantine, and
-`latest_per_key` keeps one row per `ind`.
+`latest_per_key` keeps one row per `ind` (`latest_per_key_and_rest` also passes the other rows through).
 
 Records are `value` (the JSON text of one source row: a string, as the batch job's text reader gives it,
 or binary, as Kinesis `data` is), `source` (topic or stream) and `origin` (raw file path or
@@ -283,14 +283,36 @@ def quarantine_rows(kind: str, cleaned_df: DataFrame) -> DataFrame:
     return conform(rows, contract.QUARANTINE_SCHEMA)
 
 
-def latest_per_key(df: DataFrame, key: str = "ind", order_by: Sequence[str | Column] = ()) -> DataFrame:
+def latest_per_key(df: DataFrame, key: str = "ind", order_by: Sequence[str | Column] = (),
+                   copies: str | None = None) -> DataFrame:
     """One row per `key`: the greatest by `order_by` (each descending, nulls last), then by the whole row,
-    so the choice never depends on partitioning or arrival order within a batch. Row-number windows do
-    not run on a streaming DataFrame: apply it per micro-batch (foreachBatch).
+    so the choice never depends on partitioning or arrival order within a batch. With `copies`, a column
+    of that name holds how many rows the key had. Row-number windows do not run on a streaming DataFrame:
+    apply it per micro-batch (foreachBatch).
 
     Give it clean rows only (`_reason` null): a quarantined re-post must not hide an earlier good one."""
+    return _rank_within(df, [F.col(key)], key, order_by, copies, keep=None)
+
+
+def latest_per_key_and_rest(df: DataFrame, chosen: Column, key: str = "ind",
+                            order_by: Sequence[str | Column] = (), copies: str = "_copies") -> DataFrame:
+    """`latest_per_key` of the rows where `chosen` holds, with their `copies`, and every other row as it is
+    (`copies` 1), in one shuffle: a caller needs both from one pass over its input."""
+    # the other rows are spread by their whole content, not gathered under one null key
+    other_group = F.xxhash64(*[F.col(c) for c in df.columns])
+    group = F.when(chosen, F.col(key).cast(T.LongType())).otherwise(other_group)
+    return _rank_within(df, [chosen, group], key, order_by, copies, keep=~chosen)
+
+
+def _rank_within(df: DataFrame, partition_by: list[Column], key: str, order_by: Sequence[str | Column],
+                 copies: str | None, keep: Column | None) -> DataFrame:
     tie_break = [F.col(c).asc_nulls_first() for c in df.columns if c != key]
     ordering = [(F.col(c) if isinstance(c, str) else c).desc_nulls_last() for c in order_by]
-    window = Window.partitionBy(key).orderBy(*ordering, *tie_break)
+    window = Window.partitionBy(*partition_by)
     rank = "__latest_rank"
-    return df.withColumn(rank, F.row_number().over(window)).where(F.col(rank) == 1).drop(rank)
+    ranked = df.withColumn(rank, F.row_number().over(window.orderBy(*ordering, *tie_break)))
+    if copies:
+        count = F.count(F.lit(1)).over(window)
+        ranked = ranked.withColumn(copies, count if keep is None else F.when(keep, F.lit(1)).otherwise(count))
+    first = F.col(rank) == 1
+    return ranked.where(first if keep is None else first | keep).drop(rank)
