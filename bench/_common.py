@@ -1,5 +1,6 @@
-"""Shared bench helpers: a peak-RSS sampler over this process tree (the Spark JVM is a child), timers,
-and a throwaway local stack so a benchmark never touches the user's data."""
+"""Shared bench helpers: a peak-RSS sampler over this process tree (the Spark JVM is a child; the local
+stack's services are not counted), timers, and a throwaway local stack so a benchmark never touches the
+user's data."""
 
 from __future__ import annotations
 
@@ -23,10 +24,18 @@ def _children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in _children(k)]
 
 
+# the local stack's services (Kafka, moto) when a bench started them as its children: they serve the
+# pipeline but are not it, so the peak RSS figures leave them (and their children) out
+SERVICE_PIDS: set[int] = set()
+
+
 def tree_rss_bytes(pid: int | None = None) -> int:
     pid = pid or os.getpid()
     total = 0
+    services = {s for p in SERVICE_PIDS for s in (p, *_children(p))}
     for p in [pid, *_children(pid)]:
+        if p in services:
+            continue
         try:
             with open(f"/proc/{p}/statm") as handle:
                 total += int(handle.read().split()[1]) * PAGE
@@ -77,6 +86,7 @@ def bench_stack():
     with tempfile.TemporaryDirectory(prefix="pinterest-bench-") as state:
         stack = LocalStack(Path(state))
         endpoints = stack.up()
+        SERVICE_PIDS.update(report["pid"] for report in stack.status().values() if report.get("pid"))
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = endpoints["kafka_bootstrap_servers"]
         os.environ["AWS_ENDPOINT_URL"] = endpoints["aws_endpoint_url"]
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -84,6 +94,7 @@ def bench_stack():
         try:
             yield endpoints
         finally:
+            SERVICE_PIDS.clear()
             stack.down()
 
 
