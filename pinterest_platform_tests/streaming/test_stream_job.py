@@ -372,7 +372,7 @@ def test_run_stream_available_now_exit_codes(tmp_path, monkeypatch, capsys):
     def interrupted(_spark, _params):
         raise KeyboardInterrupt("stream job stopped by signal 2")
 
-    monkeypatch.setattr("pinterest_platform.resources.spark.LocalSparkResource.session", lambda self: None)
+    monkeypatch.setattr("pinterest_platform.resources.spark.LocalSparkResource.session", lambda self, data_bytes=None: None)
     for job, code, line in ((missing, 1, "error: no Kinesis stream to read"), (interrupted, 130, "interrupted")):
         monkeypatch.setattr("pinterest_platform.jobs.get_job", lambda _name, job=job: job)
         assert cli.main(["run", "stream", "--available-now"]) == code
