@@ -298,12 +298,13 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
 
     params: tables_root, preview_rows. Returns per table: rows and a preview (list of row dicts).
 
-    The joins the outputs share are computed once and kept for the run; the nine outputs then go three at
-    a time, since each is mostly the latency of a small job and a Delta commit. An output equal to its
+    The posts are joined and aggregated once (`compute_all`'s summary, kept for the run); the nine outputs
+    are then cut from it and written three at a time, since each is mostly the latency of a small job and
+    a Delta commit. An output equal to its
     table's rows is not written again (`rewritten` false)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pinterest_platform.transforms.analytics import compute_all
+    from pinterest_platform.transforms.analytics import READ_ALONE, compute_all
 
     tables_root = params["tables_root"].rstrip("/")
     preview_rows = int(params.get("preview_rows", 20))
@@ -321,8 +322,6 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
         return kept[-1]
 
     outputs = compute_all(loaded["pin"], loaded["geo"], loaded["user"], share=share)
-    for df in kept:
-        df.count()  # filled here, once: concurrent writers of an unfilled cache would each compute it
 
     def write(name: str) -> dict[str, Any]:
         # an output is small (one row per country, year or age group), so it is computed once, here, and
@@ -341,7 +340,12 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
 
     try:
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="analytics") as pool:
-            futures = {name: pool.submit(write, name) for name in contract.ANALYTICS_TABLES}
+            # the outputs that do not read the shared summary start first, beside its one big job
+            futures = {name: pool.submit(write, name) for name in READ_ALONE}
+            for df in kept:
+                df.count()  # filled here, once: concurrent writers of an unfilled cache would each compute it
+            futures.update({name: pool.submit(write, name) for name in contract.ANALYTICS_TABLES
+                            if name not in futures})
             return {name: futures[name].result() for name in contract.ANALYTICS_TABLES}
     finally:
         for df in kept:

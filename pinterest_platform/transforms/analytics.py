@@ -178,31 +178,108 @@ def _posts(pin: DataFrame, geo: DataFrame, user: DataFrame) -> DataFrame:
             .join(places, "ind", "left").join(users, "ind", "left"))
 
 
+# the outputs of `compute_all` that read a cleaned table alone, not the summary it shares
+READ_ALONE = ("users_joined_by_year",)
+# the groupings of `compute_all`'s one aggregation, one per measure the outputs read
+_CATEGORY_BY_COUNTRY, _CATEGORY_BY_YEAR, _TOP_POSTER, _CATEGORY_BY_AGE_GROUP = 0, 1, 2, 3
+_MEDIAN_BY_AGE_GROUP, _MEDIAN_BY_JOIN_YEAR, _MEDIAN_BY_JOIN_YEAR_AND_AGE_GROUP = 4, 5, 6
+_TOP_POSTER_TYPE = "struct<inverted_followers:bigint,poster_name:string>"
+_GROUPING_COLUMNS = (("country", "string"), ("category", "string"), ("year", "int"), ("age_group", "string"),
+                     ("follower_count", "bigint"), ("top_poster", _TOP_POSTER_TYPE))
+
+
+def _grouping_entry(grouping: int, takes_part: Column, **columns: Column) -> Column:
+    """One post's entry in one grouping (null when the post takes no part in it): the grouping's id, its
+    key columns and the measured value, the other columns null."""
+    fields = [F.lit(grouping).alias("grouping")]
+    for name, type_name in _GROUPING_COLUMNS:
+        fields.append(columns.get(name, F.lit(None).cast(type_name)).alias(name))
+    return F.when(takes_part, F.struct(*fields))
+
+
+def _summary(posts: DataFrame) -> DataFrame:
+    """Every measure of the posts' outputs in one aggregation, one row per (grouping, key): post counts
+    per category, the top poster per country and the median follower counts.
+
+    Each post is expanded into the groupings it takes part in (its key and measured value known, within
+    the output's year window), so one read of the joined posts feeds all of them, where one query per
+    output reads the joined posts eight times (or caches all of them). The top poster is the least of
+    (bitwise-not follower count, name): the greatest count, ties to the name first in ascending order."""
+    c = F.col
+    on_geo = c("_has_geo").isNotNull()
+    on_user = c("_has_user").isNotNull()
+    category, followers = c("category").isNotNull(), c("follower_count").isNotNull()
+    country, age_group = c("country").isNotNull(), c("age_group").isNotNull()
+    posted_in_window = c("geo_year").between(*contract.POST_YEAR_WINDOW)
+    joined_in_window = c("join_year").between(*contract.JOIN_YEAR_WINDOW)
+    top_poster = F.struct(F.bitwise_not(c("follower_count")).alias("inverted_followers"),
+                          c("poster_name").alias("poster_name"))
+    entries = F.array(
+        _grouping_entry(_CATEGORY_BY_COUNTRY, on_geo & country & category,
+                        country=c("country"), category=c("category")),
+        _grouping_entry(_CATEGORY_BY_YEAR, on_geo & posted_in_window & category,
+                        year=c("geo_year"), category=c("category")),
+        _grouping_entry(_TOP_POSTER, on_geo & country & c("poster_name").isNotNull() & followers,
+                        country=c("country"), top_poster=top_poster),
+        _grouping_entry(_CATEGORY_BY_AGE_GROUP, on_user & age_group & category,
+                        age_group=c("age_group"), category=c("category")),
+        _grouping_entry(_MEDIAN_BY_AGE_GROUP, on_user & age_group & followers,
+                        age_group=c("age_group"), follower_count=c("follower_count")),
+        _grouping_entry(_MEDIAN_BY_JOIN_YEAR, on_user & joined_in_window & followers,
+                        year=c("join_year"), follower_count=c("follower_count")),
+        _grouping_entry(_MEDIAN_BY_JOIN_YEAR_AND_AGE_GROUP, on_user & joined_in_window & age_group & followers,
+                        year=c("join_year"), age_group=c("age_group"), follower_count=c("follower_count")),
+    )
+    expanded = posts.select(F.explode(entries).alias("entry")).where(c("entry").isNotNull()).select("entry.*")
+    # median is exact (percentile 0.5, interpolating) and ignores the nulls of the other groupings
+    return expanded.groupBy("grouping", "country", "category", "year", "age_group").agg(
+        F.count(F.lit(1)).alias("posts"), F.median("follower_count").alias("median_follower_count"),
+        F.min("top_poster").alias("top_poster"))
+
+
+def _category_counts(summary: DataFrame, grouping: int, group: str, key: str) -> DataFrame:
+    return (summary.where(F.col("grouping") == grouping)
+            .select(F.col(key).alias(group), "category", F.col("posts").alias("category_count")))
+
+
+def _popular_category(summary: DataFrame, name: str, grouping: int, group: str, key: str) -> DataFrame:
+    return _output(name, _top(_category_counts(summary, grouping, group, key), [group], "category_count", "category"))
+
+
+def _medians(summary: DataFrame, name: str, grouping: int, **keys: str) -> DataFrame:
+    return _output(name, summary.where(F.col("grouping") == grouping)
+                   .select(*(F.col(key).alias(group) for group, key in keys.items()), "median_follower_count"))
+
+
 def compute_all(pin: DataFrame, geo: DataFrame, user: DataFrame,
                 share: Callable[[DataFrame], DataFrame] = lambda df: df) -> dict[str, DataFrame]:
     """Every output of §4, keyed by `contract.ANALYTICS_TABLES` names (in that order).
 
-    The outputs read the posts with their geo and user columns, joined once; `share` is applied to that
-    join and to the countries' top posters (a job passes `persist`, so the nine outputs do not join the
-    tables nine times). The cleaned tables' ind is unique (a blocking check); with duplicate inds use the
+    The eight outputs that read posts are cut from one aggregation of the joined posts (`_summary`, a few
+    thousand rows); `share` is applied to it (a job passes `persist`, so the posts are joined and
+    aggregated once). The cleaned tables' ind is unique (a blocking check); with duplicate inds use the
     per-output functions."""
-    posts = share(_posts(pin, geo, user))
-    by_geo = posts.where(F.col("_has_geo")).select("ind", "category", "poster_name", "follower_count", "country",
-                                                   F.col("geo_year").alias("post_year"))
-    by_user = posts.where(F.col("_has_user")).select("ind", "category", "follower_count", "age_group",
-                                                     F.col("join_year").alias("post_year"))
-    # one row per country, read by two outputs: shared too, so its window over the posts runs once
-    top_posters = share(_top_posters(by_geo))
+    summary = share(_summary(_posts(pin, geo, user)))
+    top_posters = (summary.where(F.col("grouping") == _TOP_POSTER)
+                   .select("country", F.col("top_poster.poster_name").alias("poster_name"),
+                           F.bitwise_not(F.col("top_poster.inverted_followers")).alias("follower_count")))
     outputs = {
-        "popular_category_by_country": _popular_category_by_country(by_geo),
-        "popular_category_by_year": _popular_category_by_year(by_geo),
+        "popular_category_by_country": _popular_category(summary, "popular_category_by_country",
+                                                         _CATEGORY_BY_COUNTRY, "country", "country"),
+        "popular_category_by_year": _popular_category(summary, "popular_category_by_year",
+                                                      _CATEGORY_BY_YEAR, "post_year", "year"),
         "top_poster_by_country": _top_poster_by_country(top_posters),
         "top_country_by_followers": _top_country_by_followers(top_posters),
-        "popular_category_by_age_group": _popular_category_by_age_group(by_user),
-        "median_followers_by_age_group": _median_followers_by_age_group(by_user),
-        # one output reads the user table alone: nothing to share
+        "popular_category_by_age_group": _popular_category(summary, "popular_category_by_age_group",
+                                                           _CATEGORY_BY_AGE_GROUP, "age_group", "age_group"),
+        "median_followers_by_age_group": _medians(summary, "median_followers_by_age_group",
+                                                  _MEDIAN_BY_AGE_GROUP, age_group="age_group"),
+        # one output reads the user table alone
         "users_joined_by_year": _users_joined_by_year(user),
-        "median_followers_by_join_year": _median_followers_by_join_year(by_user),
-        "median_followers_by_join_year_and_age_group": _median_followers_by_join_year_and_age_group(by_user),
+        "median_followers_by_join_year": _medians(summary, "median_followers_by_join_year",
+                                                  _MEDIAN_BY_JOIN_YEAR, post_year="year"),
+        "median_followers_by_join_year_and_age_group": _medians(
+            summary, "median_followers_by_join_year_and_age_group", _MEDIAN_BY_JOIN_YEAR_AND_AGE_GROUP,
+            age_group="age_group", post_year="year"),
     }
     return {name: outputs[name] for name in contract.ANALYTICS_TABLES}

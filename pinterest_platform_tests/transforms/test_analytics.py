@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pinterest_platform import contract
-from pinterest_platform.transforms.analytics import compute_all, users_joined_by_year
+from pinterest_platform.transforms.analytics import compute_all, top_poster_by_country, users_joined_by_year
 from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
 from pinterest_platform_tests import reference
 from pinterest_platform_tests.transforms import collect, records
@@ -164,6 +164,27 @@ def as_dicts(kind: str, rows: list[tuple]) -> list[dict]:
 def test_reference_agrees_on_the_hand_made_tables(outputs):
     want = reference.analytics(as_dicts("pin", GEO_PINS + USER_PINS), as_dicts("geo", GEOS), as_dicts("user", USERS))
     assert want == outputs == EXPECTED
+
+
+def test_top_posters_order_the_whole_bigint_range(spark):
+    """The one aggregation ranks posters by the bitwise-not of their count: exact from the least bigint to
+    the greatest, with ties to the name first in ascending order, as the per-output window ranks them."""
+    least, greatest = -(2 ** 63), 2 ** 63 - 1
+    pins = [pin(1, "art", "Low", least), pin(2, "art", "High", greatest), pin(3, "art", "Aaa", greatest),
+            pin(4, "art", "Zero", 0), pin(5, "art", "Minus", -1), pin(6, "art", "Least", least),
+            pin(7, "art", "Abe", least)]
+    geos = [geo(1, "A", "2019-01-01 00:00:00"), geo(2, "A", "2019-01-01 00:00:00"),
+            geo(3, "A", "2019-01-01 00:00:00"), geo(4, "B", "2019-01-01 00:00:00"),
+            geo(5, "B", "2019-01-01 00:00:00"), geo(6, "C", "2019-01-01 00:00:00"),
+            geo(7, "C", "2019-01-01 00:00:00")]
+    tables = cleaned_tables(spark, pins, geos, [])
+    results = compute_all(*tables)
+    assert by_key(results["top_poster_by_country"]) == [
+        {"country": "A", "poster_name": "Aaa", "follower_count": greatest},
+        {"country": "B", "poster_name": "Zero", "follower_count": 0},
+        {"country": "C", "poster_name": "Abe", "follower_count": least}]
+    assert collect(results["top_country_by_followers"]) == [{"country": "A", "follower_count": greatest}]
+    assert by_key(results["top_poster_by_country"]) == by_key(top_poster_by_country(tables[0], tables[1]))
 
 
 def test_empty_inputs_give_empty_outputs(spark):
