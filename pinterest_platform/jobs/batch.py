@@ -95,6 +95,9 @@ def _order_key():
 # up to this many inds, a run's inds are broadcast to the table-side counts rather than shuffled with the table
 BROADCAST_KEYS = 200_000
 
+# the analytics outputs written at the same time: each is mostly a small job's and a Delta commit's latency
+ANALYTICS_WRITERS = 3
+
 # what a kind without files to clean reports
 NOTHING_CLEANED = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates": 0, "older": 0,
                    "quarantined": 0, "table_rows": 0, "quarantine_rows": 0}
@@ -339,7 +342,7 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
                 "preview": [_jsonable(r.asDict()) for r in rows[:preview_rows]]}
 
     try:
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="analytics") as pool:
+        with ThreadPoolExecutor(max_workers=ANALYTICS_WRITERS, thread_name_prefix="analytics") as pool:
             # the outputs that do not read the shared summary start first, beside its one big job
             futures = {name: pool.submit(write, name) for name in READ_ALONE}
             for df in kept:

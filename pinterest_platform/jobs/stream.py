@@ -172,11 +172,18 @@ def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
     from pinterest_platform.transforms.cleaning import cleaned_rows, latest_per_key
 
     schema = contract.CLEANED_SCHEMAS[kind]
+    lo, hi = good.agg(F.min("ind"), F.max("ind")).first()
+    if lo is None:
+        return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
+    # the batch's inds lie in this range: the table's files whose ind min/max lie outside are skipped, so a
+    # batch reads what it may match, not the whole table's ind column (which grows with the stream's age)
+    ind_range = (int(lo), int(hi))
     with table_write_lock(spark, table_uri):
         exists = batch_jobs._table_exists(spark, table_uri)
         per_ind = good.groupBy("ind").agg(F.count(F.lit(1)).alias("_n"))
         if exists:
-            stored = spark.read.format("delta").load(table_uri).select("ind", F.lit(True).alias("_stored"))
+            stored = (spark.read.format("delta").load(table_uri).where(batch_jobs.within("ind", ind_range))
+                      .select("ind", F.lit(True).alias("_stored")))
             per_ind = per_ind.join(stored, "ind", "left")
         else:
             per_ind = per_ind.withColumn("_stored", F.lit(None).cast("boolean"))
@@ -194,7 +201,8 @@ def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
                 if exists:
                     columns = [c for c in schema.fieldNames() if c != "ind"]
                     (DeltaTable.forPath(spark, table_uri).alias("t")
-                     .merge(source.alias("s"), "t.ind = s.ind")
+                     .merge(source.alias("s"), (F.col("t.ind") == F.col("s.ind"))
+                            & batch_jobs.within("t.ind", ind_range))
                      .whenMatchedUpdateAll(condition=batch_jobs._rows_differ(columns))
                      .whenNotMatchedInsertAll()
                      .execute())
