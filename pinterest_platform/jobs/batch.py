@@ -303,8 +303,7 @@ def analytics(spark, params: dict[str, Any]) -> dict[str, Any]:
 
     The posts are joined and aggregated once (`compute_all`'s summary, kept for the run); the nine outputs
     are then cut from it and written three at a time, since each is mostly the latency of a small job and
-    a Delta commit. An output equal to its
-    table's rows is not written again (`rewritten` false)."""
+    a Delta commit. An output equal to its table's rows is not written again (`rewritten` false)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from pinterest_platform.transforms.analytics import READ_ALONE, compute_all
