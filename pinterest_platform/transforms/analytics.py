@@ -237,13 +237,10 @@ def _summary(posts: DataFrame) -> DataFrame:
         F.min("top_poster").alias("top_poster"))
 
 
-def _category_counts(summary: DataFrame, grouping: int, group: str, key: str) -> DataFrame:
-    return (summary.where(F.col("grouping") == grouping)
-            .select(F.col(key).alias(group), "category", F.col("posts").alias("category_count")))
-
-
 def _popular_category(summary: DataFrame, name: str, grouping: int, group: str, key: str) -> DataFrame:
-    return _output(name, _top(_category_counts(summary, grouping, group, key), [group], "category_count", "category"))
+    counts = (summary.where(F.col("grouping") == grouping)
+              .select(F.col(key).alias(group), "category", F.col("posts").alias("category_count")))
+    return _output(name, _top(counts, [group], "category_count", "category"))
 
 
 def _medians(summary: DataFrame, name: str, grouping: int, **keys: str) -> DataFrame:
