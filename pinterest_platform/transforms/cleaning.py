@@ -45,6 +45,8 @@ from pinterest_platform import contract
 
 RECORD_COLUMNS = ("value", "source", "origin")
 META_COLUMNS = ("_reason", "_raw", "_source", "_origin")
+# the typed values of a record, beside its fields until the contract columns are cut from both
+TYPED_PREFIX = "_typed_"
 
 # Java regex `\s`; the reference strips exactly these characters too
 WHITESPACE = " \t\n\r\x0b\x0c"
@@ -74,8 +76,7 @@ def _trimmed(c: Column) -> Column:
 
 def _text(c: Column) -> Column:
     """The value as received, or null for a placeholder or a blank string."""
-    trimmed = _trimmed(c)
-    return F.when((trimmed == "") | trimmed.isin(*contract.ALL_PLACEHOLDERS), F.lit(None)).otherwise(c)
+    return F.when(_trimmed(c).isin("", *contract.ALL_PLACEHOLDERS), F.lit(None)).otherwise(c)
 
 
 def _problem(name: str, received: Column, valid: Column, what: str) -> Column:
@@ -145,7 +146,7 @@ def parse_records(kind: str, records: DataFrame) -> DataFrame:
     if missing:
         raise ValueError(f"records lack column(s) {missing}; they need {list(RECORD_COLUMNS)}")
     extra = [c for c in records.columns if c not in RECORD_COLUMNS]
-    clashes = sorted(set(extra) & (set(wire.fieldNames()) | set(META_COLUMNS) | {"_row"}))
+    clashes = sorted({c for c in extra if c in {*wire.fieldNames(), *META_COLUMNS, "_row"} or c.startswith(TYPED_PREFIX)})
     if clashes:
         raise ValueError(f"records carry column(s) {clashes} that cleaning produces itself")
     value_type = records.schema["value"].dataType
@@ -188,22 +189,44 @@ def parse_records(kind: str, records: DataFrame) -> DataFrame:
     ).select(*[F.col("_row")[c].alias(c) for c in wire.fieldNames()], *META_COLUMNS, *extra)
 
 
+def _typed_values(kind: str) -> dict[str, Column]:
+    """The fields of `kind` that need typing, typed from their nulled text (null when not valid): computed
+    once, in a projection of their own, so the columns and the problems below read them instead of
+    repeating their patterns (a follower count's regex would otherwise run eight times per record)."""
+    text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
+    values = {"ind": _integer(text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]])}
+    if kind == "pin":
+        values.update(follower_count=_follower_count(text["follower_count"]),
+                      save_location=_save_location(text["save_location"]))
+    elif kind == "geo":
+        values.update(latitude=_double(text["latitude"]), longitude=_double(text["longitude"]),
+                      timestamp=_timestamp(text["timestamp"]))
+    elif kind == "user":
+        values.update(age=_integer(text["age"]), date_joined=_timestamp(text["date_joined"]))
+    else:
+        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(contract.EVENT_KINDS)}")
+    return values
+
+
+def _typed(name: str) -> Column:
+    return F.col(f"{TYPED_PREFIX}{name}")
+
+
 def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
     """The contract columns of `kind` and the problems that send a record to quarantine, from the wire
-    fields with placeholders and blanks already nulled."""
+    fields with placeholders and blanks already nulled and the `_typed_values` beside them."""
     text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
     key = text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]]
-    ind = _integer(key)
+    ind = _typed("ind")
     problems = [F.when(key.isNull(), F.lit("missing ind")), _problem("ind", key, ind.isNotNull(), "an integer"),
                 F.when(ind < 0, F.concat(F.lit("ind '"), key, F.lit("' is negative")))]
     if kind == "pin":
-        follower_count = _follower_count(text["follower_count"])
+        follower_count = _typed("follower_count")
         problems.append(_problem("follower_count", text["follower_count"], follower_count.isNotNull(), "a count"))
         columns = {c: text[c] for c in contract.CLEANED_COLUMNS["pin"] if c in text}
-        columns.update(follower_count=follower_count, save_location=_save_location(text["save_location"]))
+        columns.update(follower_count=follower_count, save_location=_typed("save_location"))
     elif kind == "geo":
-        latitude, longitude = _double(text["latitude"]), _double(text["longitude"])
-        timestamp = _timestamp(text["timestamp"])
+        latitude, longitude, timestamp = _typed("latitude"), _typed("longitude"), _typed("timestamp")
         problems += [_problem("latitude", text["latitude"], latitude.isNotNull(), "a number"),
                      _out_of_range("latitude", text["latitude"], latitude, LATITUDE_RANGE),
                      _problem("longitude", text["longitude"], longitude.isNotNull(), "a number"),
@@ -211,15 +234,13 @@ def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
                      _problem("timestamp", text["timestamp"], timestamp.isNotNull(), "a datetime")]
         coordinates = F.when(latitude.isNotNull() & longitude.isNotNull(), F.array(latitude, longitude))
         columns = {"country": text["country"], "coordinates": coordinates, "timestamp": timestamp}
-    elif kind == "user":
-        age, date_joined = _integer(text["age"]), _timestamp(text["date_joined"])
+    else:
+        age, date_joined = _typed("age"), _typed("date_joined")
         problems += [_problem("age", text["age"], age.isNotNull(), "an integer"),
                      _out_of_range("age", text["age"], age, AGE_RANGE),
                      _problem("date_joined", text["date_joined"], date_joined.isNotNull(), "a datetime")]
         user_name = F.concat(text["first_name"], F.lit(" "), text["last_name"])
         columns = {"user_name": user_name, "age": age, "date_joined": date_joined}
-    else:
-        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(contract.EVENT_KINDS)}")
     columns["ind"] = ind
     schema = contract.CLEANED_SCHEMAS[kind]
     return [columns[f.name].cast(f.dataType).alias(f.name) for f in schema], problems
@@ -231,12 +252,15 @@ def clean(kind: str, records: DataFrame) -> DataFrame:
     wire = contract.WIRE_SCHEMAS[kind].fieldNames()
     parsed = parse_records(kind, records)
     rest = [c for c in parsed.columns if c not in wire]
-    # a projection of its own, so the typing below reads each nulled field instead of repeating its test
+    # projections of their own, so the typing reads each nulled field instead of repeating its test, and
+    # the problems read each typed value instead of repeating its parse
     texts = parsed.select(*[_text(F.col(c)).alias(c) for c in wire], *rest)
+    values = _typed_values(kind)
+    typed = texts.select(*wire, *[v.alias(f"{TYPED_PREFIX}{n}") for n, v in values.items()], *rest)
     columns, problems = _typed_columns(kind)
     # a record that is no JSON object has no fields to complain about
     reason = F.coalesce(F.col("_reason"), F.nullif(F.concat_ws("; ", *problems), F.lit("")))
-    return texts.select(*columns, reason.alias("_reason"), *[c for c in rest if c != "_reason"])
+    return typed.select(*columns, reason.alias("_reason"), *[c for c in rest if c != "_reason"])
 
 
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
