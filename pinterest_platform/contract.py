@@ -87,8 +87,10 @@ def raw_file_name(topic: str, partition: int, first_offset: int, day: datetime.d
 
 
 # Beside every raw file the platform's sink writes, at the same relative path below `_raw_index/`, an index
-# of its records (one JSON line each: md5 of the line, Kafka timestamp in ms, offset), which the raw file
-# itself cannot hold: it is the ordering of "latest posted wins". Files of other writers have none.
+# of its records, which the raw file itself cannot hold: it is the ordering of "latest posted wins". One JSON
+# line, `{"o": first offset, "n": line count, "runs": [[Kafka timestamp in ms, consecutive lines with it], ...]}`;
+# line i has offset o + i. Earlier versions wrote a line per record (`{"h", "t", "o"}`), still read. Files
+# of other writers have none.
 RAW_INDEX_DIR = "_raw_index"
 
 

@@ -7,8 +7,8 @@ crash), and writes newline-delimited JSON files in the Confluent layout with a d
 (contract.raw_file_name), the day being the UTC day of the Kafka record timestamp (a record without one
 is filed under the day the sink read it). A file holds consecutive offsets of one partition and one day:
 when a partition's records change day, a new file begins. Beside each file goes its index
-(`_raw_index/<same path>`: md5 of each line, its Kafka timestamp and offset), which cleaning uses to keep
-the latest-posted record of an `ind`. Index, then file, are written first and the partition's offset
+(`_raw_index/<same path>`: the first offset, the line count and the lines' Kafka timestamps), which
+cleaning uses to keep the latest-posted record of an `ind`. Index, then file, are written first and the partition's offset
 committed after them, so a crash in between makes the next run rewrite the same file name from the same
 offset: nothing lost, nothing duplicated. A file at that name that
 this sink did not write (another writer's) is never replaced: the run fails instead. A run that cannot read
@@ -30,7 +30,6 @@ Framing (one record per line, never dropped, readers split on "\\n" only):
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import re
@@ -95,11 +94,17 @@ class _Buffer:
         self.last_offset = offset
 
     def index(self) -> bytes:
-        """The file's index: per line its md5, Kafka timestamp (ms) and offset (offsets are consecutive)."""
-        return b"".join(
-            json.dumps({"h": hashlib.md5(line).hexdigest(), "t": ts, "o": self.first_offset + i},
-                       separators=(",", ":")).encode() + b"\n"
-            for i, (line, ts) in enumerate(zip(self.lines, self.timestamps, strict=True)))
+        """The file's index, one JSON line: its first offset `o`, its number of lines `n`, and the lines'
+        Kafka timestamps (ms) as `runs` of [timestamp, how many consecutive lines have it]. A line's offset
+        is the first plus its position (offsets are consecutive)."""
+        runs: list[list[int]] = []
+        for ts in self.timestamps:
+            if runs and runs[-1][0] == ts:
+                runs[-1][1] += 1
+            else:
+                runs.append([ts, 1])
+        return json.dumps({"o": self.first_offset, "n": len(self.lines), "runs": runs},
+                          separators=(",", ":")).encode() + b"\n"
 
     def clear(self) -> None:
         self.lines, self.timestamps, self.size, self.first_offset, self.last_offset = [], [], 0, -1, -1

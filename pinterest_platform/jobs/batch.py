@@ -76,7 +76,8 @@ def append_quarantine(spark, uri: str, rows) -> None:
 # raw file's path and its index); a file without an index (another sink's) has no timestamp or offset
 ORDER_COLUMNS = ("_day", "_posted_at", "_partition", "_offset")
 VERSIONS_DIR = "latest"
-INDEX_SCHEMA = "h string, t long, o long"
+# both index formats: the compact one (`o`, `n`, `runs`) and the earlier line per record (`t`, `o`)
+INDEX_SCHEMA = "t long, o long, n long, runs array<array<bigint>>"
 
 
 def order_key_sql(table: str = "") -> str:
@@ -92,8 +93,9 @@ def _order_key():
     return F.expr(order_key_sql())
 
 
-# up to this many inds, a run's inds are broadcast to the table-side counts rather than shuffled with the table
-BROADCAST_KEYS = 200_000
+# up to this many inds (16 MB of longs), a run's inds are broadcast to the table-side count rather than shuffled
+# with the table
+BROADCAST_KEYS = 2_000_000
 
 # the analytics outputs written at the same time: each is mostly a small job's and a Delta commit's latency
 ANALYTICS_WRITERS = 3
@@ -103,39 +105,81 @@ NOTHING_CLEANED = {"files": 0, "read": 0, "clean": 0, "upserted": 0, "duplicates
                    "quarantined": 0, "table_rows": 0, "quarantine_rows": 0}
 
 
+def _index_by_file(spark, index_uris: list[str]):
+    """Per indexed raw file (`origin`): its first offset `_first`, its number of lines `_lines` and each
+    line's Kafka timestamp in order (`_stamps`), from the compact index (runs of equal timestamps) or from
+    the one-line-per-record index that earlier versions of the sink wrote."""
+    from pyspark.sql import functions as F
+
+    rows = (spark.read.schema(INDEX_SCHEMA).json(index_uris)
+            .withColumn("origin", F.regexp_replace(F.col("_metadata.file_path"), f"/{contract.RAW_INDEX_DIR}/topics/",
+                                                   "/topics/")))
+    compact = (rows.where(F.col("runs").isNotNull())
+               .select("origin", F.col("o").alias("_first"), F.col("n").alias("_lines"),
+                       F.flatten(F.transform("runs", lambda run: F.array_repeat(run[0], run[1].cast("int"))))
+                       .alias("_stamps")))
+    # the earlier index has a line per record, offsets consecutive from the file's first
+    per_record = (rows.where(F.col("runs").isNull()).groupBy("origin")
+                  .agg(F.min("o").alias("_first"), F.count(F.lit(1)).alias("_lines"),
+                       F.transform(F.array_sort(F.collect_list(F.struct("o", "t"))), lambda x: x["t"]).alias("_stamps")))
+    return compact.unionByName(per_record)
+
+
+def _indexed_lines(spark, files: list[dict]):
+    """The lines of raw files that have an index, each with its Kafka timestamp and offset. A file is read
+    whole and split into its lines, whose positions meet the index's per-file arrays (a broadcast of a few
+    bytes per record): no per-record join, no shuffle. A file whose line count is not its index's gets no
+    order keys, like a file without an index."""
+    from pyspark.sql import functions as F
+
+    index = _index_by_file(spark, [f["index_uri"] for f in files])
+    whole = (spark.read.text([f["uri"] for f in files], wholetext=True)
+             .select(F.col("value").alias("_text"), F.col("_metadata.file_path").alias("origin"))
+             .join(F.broadcast(index), "origin", "left"))
+    # split once, in a projection of its own (a one-character pattern: Java splits on it without the regex
+    # engine); the per-file columns are computed before the explode, so the rows it makes carry neither the
+    # text nor anything that needs it again (else each line would split its whole file once more)
+    pieces = whole.select("origin", "_first", "_lines", "_stamps", F.split(F.col("_text"), "\n", -1).alias("_pieces"))
+    # the sink ends every line with a newline, so the text's last piece is empty
+    line_count = F.size("_pieces") - F.when(F.element_at("_pieces", -1) == "", 1).otherwise(0)
+    aligned = F.coalesce(F.col("_lines") == line_count, F.lit(False))
+    per_file = pieces.select("origin", "_first", "_stamps", aligned.alias("_aligned"), "_pieces")
+    exploded = per_file.select("origin", "_first", "_stamps", "_aligned", F.posexplode("_pieces").alias("_at", "value"))
+    # the line's timestamp is read where the explode makes the line, so the file's array is not copied per
+    # line (try_: the empty piece after the last newline has none)
+    stamp = F.when(F.col("_aligned"), F.try_element_at("_stamps", F.col("_at") + 1))
+    return exploded.select("value", "origin", stamp.alias("_posted_at"),
+                           F.when(F.col("_aligned"), F.col("_first") + F.col("_at")).alias("_offset"))
+
+
 def read_raw_records(spark, files: list[dict]):
     """Raw lines of `files` as records (`value`, `source`, `origin`) with their order columns.
 
     files: [{"uri", "path", "day", "topic", "index_uri" (None for another writer's file)}]."""
+    from functools import reduce
+
     from pyspark.sql import functions as F
 
-    records = (spark.read.text([f["uri"] for f in files])
-               .select(F.col("value"), F.col("_metadata.file_path").alias("origin")))
+    parts = []
+    indexed = [f for f in files if f.get("index_uri")]
+    if indexed:
+        parts.append(_indexed_lines(spark, indexed))
+    plain = [f for f in files if not f.get("index_uri")]
+    if plain:
+        parts.append(spark.read.text([f["uri"] for f in plain])
+                     .select("value", F.col("_metadata.file_path").alias("origin"),
+                             F.lit(None).cast("long").alias("_posted_at"), F.lit(None).cast("long").alias("_offset")))
+    records = reduce(lambda a, b: a.unionByName(b), parts)
     # blank lines are framing, not records
     records = records.where(F.trim(F.col("value")) != "")
     topics = sorted({f["topic"] for f in files})
     records = records.withColumn("source", F.lit(",".join(topics)))
     # the lake-relative path ties a line to its file's day (a flat-layout file's day is not in its path)
     days = spark.createDataFrame([(f["path"], f["day"]) for f in files], "_path string, _day string")
-    records = (records.withColumn("_path", F.regexp_extract("origin", r"^.*/(topics/[^/]+/.*)$", 1))
-               .join(F.broadcast(days), "_path", "left")
-               .withColumn("_partition", F.regexp_extract("origin", r"\+([0-9]+)\+[0-9]+\.json$", 1).cast("int")))
-    index_uris = [f["index_uri"] for f in files if f.get("index_uri")]
-    if index_uris:
-        # a line's md5 finds its timestamp and offset; identical lines of one file have the same content,
-        # so taking the latest of them is exact
-        index = (spark.read.schema(INDEX_SCHEMA).json(index_uris)
-                 .select(F.regexp_replace(F.col("_metadata.file_path"), "/_raw_index/topics/", "/topics/").alias("origin"),
-                         "h", "t", "o")
-                 .groupBy("origin", "h").agg(F.max(F.struct("t", "o")).alias("_k")))
-        records = (records.withColumn("h", F.md5(F.col("value").cast("binary")))
-                   .join(index, ["origin", "h"], "left")
-                   .select("value", "source", "origin", "_day", F.col("_k.t").alias("_posted_at"), "_partition",
-                           F.col("_k.o").alias("_offset")))
-    else:
-        records = records.select("value", "source", "origin", "_day", F.lit(None).cast("long").alias("_posted_at"),
-                                 "_partition", F.lit(None).cast("long").alias("_offset"))
-    return records
+    return (records.withColumn("_path", F.regexp_extract("origin", r"^.*/(topics/[^/]+/.*)$", 1))
+            .join(F.broadcast(days), "_path", "left")
+            .withColumn("_partition", F.regexp_extract("origin", r"\+([0-9]+)\+[0-9]+\.json$", 1).cast("int"))
+            .select("value", "source", "origin", "_day", "_posted_at", "_partition", "_offset"))
 
 
 def judge_against_stored(spark, winners, versions_uri: str, table_uri: str,
@@ -190,6 +234,7 @@ def record_versions(spark, versions_uri: str, winners, new: int, known: int,
 def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_uri: str):
     """Clean one kind's files into its table. Returns (counts, quarantine rows or None, the records' origins);
     the quarantine, shared by the kinds, is written once by the caller."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key_and_rest, quarantine_rows
@@ -199,27 +244,40 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     # many clean records it had) and every rejected record, checkpointed. Everything below reads these
     # rows, so no record is parsed twice, and the whole cleaned input is never cached beside them.
     records = read_raw_records(spark, files)
-    kept = latest_per_key_and_rest(clean(kind, records), is_clean, key="ind", order_by=[*ORDER_COLUMNS, "_raw"],
-                                   copies="_copies").localCheckpoint(eager=True)
-    tally = kept.agg(F.sum(F.when(is_clean, F.col("_copies"))).alias("clean"),
-                     F.count(F.when(is_clean, 1)).alias("keys"),
-                     F.count(F.when(~is_clean, 1)).alias("rejected"),
-                     F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
-                     F.min(F.when(is_clean, F.col("ind"))).alias("lo"),
-                     F.max(F.when(is_clean, F.col("ind"))).alias("hi")).first()
+    # a clean row's raw text only served the choice of the latest: dropped before the checkpoint, which
+    # then holds about half the bytes for wide records
+    chosen = (latest_per_key_and_rest(clean(kind, records), is_clean, key="ind", order_by=[*ORDER_COLUMNS, "_raw"],
+                                      copies="_copies")
+              .withColumn("_raw", F.when(~is_clean, F.col("_raw"))))
+    # the tally is observed while the checkpoint is written: no second pass over its rows
+    observed = Observation(f"clean-{kind}")
+    kept = chosen.observe(
+        observed,
+        F.sum(F.when(is_clean, F.col("_copies"))).alias("clean"),
+        F.count(F.when(is_clean, 1)).alias("keys"),
+        F.count(F.when(~is_clean, 1)).alias("rejected"),
+        F.count(F.when(F.col("_reason").isNotNull(), 1)).alias("quarantined"),
+        F.min(F.when(is_clean, F.col("ind"))).alias("lo"),
+        F.max(F.when(is_clean, F.col("ind"))).alias("hi")).localCheckpoint(eager=True)
+    tally = observed.get
     clean_count, keys = int(tally["clean"] or 0), int(tally["keys"])
     quarantined, read = int(tally["quarantined"]), clean_count + int(tally["rejected"])
     # every clean ind of the run lies in this range: reads and MERGEs of the stored tables are limited to it
     ind_range = None if tally["lo"] is None else (int(tally["lo"]), int(tally["hi"]))
     latest = kept.where(is_clean).drop("_copies")
-    judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
+    table_existed = _table_exists(spark, table_uri)
     if _table_exists(spark, versions_uri):
+        judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
         # checkpointed: the writes below change the versions table these rows were judged on, and a
         # recomputation would judge them again against the new keys
         judged = judged.localCheckpoint(eager=True)
-    split = judged.agg(F.count(F.when(F.col("_newer"), 1)).alias("newer"),
-                       F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
-    upserted, known = int(split["newer"]), int(split["known"])
+        split = judged.agg(F.count(F.when(F.col("_newer"), 1)).alias("newer"),
+                           F.count(F.when(F.col("_newer") & F.col("_known"), 1)).alias("known")).first()
+        upserted, known = int(split["newer"]), int(split["known"])
+    else:
+        # nothing to judge against: every row is newer, and known exactly when the table already exists
+        judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
+        upserted, known = keys, keys if table_existed else 0
     winners = judged.where(F.col("_newer"))
     if upserted:
         # before the table: a crash in between leaves keys the rows do not hold yet, and the next run's
@@ -233,13 +291,19 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     ensure_table(spark, table_uri, contract.CLEANED_SCHEMAS[kind])
     # counted on the table as it is now, independently of the counts above: a row that a write lost (or a
     # user deleted) shows as a conservation failure
-    # the inds the run saw clean: one per kept clean row; an incremental run's few are broadcast, which
-    # spares a shuffle of the table
-    seen = latest.select("ind")
-    if keys <= BROADCAST_KEYS:
-        seen = F.broadcast(seen)
-    table_rows = 0 if ind_range is None else (spark.read.format("delta").load(table_uri)
-                                               .where(within("ind", ind_range)).join(seen, "ind", "left_semi").count())
+    # the inds the run saw clean: one per kept clean row. A table this run created holds only them, so its
+    # row count is that number (Delta answers it from its log); otherwise the table's rows in the run's ind
+    # range meet them, broadcast up to BROADCAST_KEYS (a shuffle of the table costs more)
+    table = spark.read.format("delta").load(table_uri)
+    if ind_range is None:
+        table_rows = 0
+    elif not table_existed:
+        table_rows = table.count()
+    else:
+        seen = latest.select("ind")
+        if keys <= BROADCAST_KEYS:
+            seen = F.broadcast(seen)
+        table_rows = table.where(within("ind", ind_range)).join(seen, "ind", "left_semi").count()
     # both read the checkpointed rows, which outlive this function with them
     rejected = quarantine_rows(kind, kept) if quarantined else None
     origins = kept.select(F.col("_origin").alias("origin")).distinct()
