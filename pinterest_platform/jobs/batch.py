@@ -139,7 +139,15 @@ def _indexed_lines(spark, files: list[dict]):
     # split once, in a projection of its own (a one-character pattern: Java splits on it without the regex
     # engine); the per-file columns are computed before the explode, so the rows it makes carry neither the
     # text nor anything that needs it again (else each line would split its whole file once more)
-    pieces = whole.select("origin", "_first", "_lines", "_stamps", F.split(F.col("_text"), "\n", -1).alias("_pieces"))
+    text = F.col("_text")
+    # Splitting a string goes through Java's UTF-16, which would put replacement characters where the bytes
+    # are not UTF-8 (such a line must reach the cleaning as it is, to be quarantined as invalid UTF-8): a
+    # file that is not valid UTF-8 (rare) is split as Latin-1, where each byte is one character, and each
+    # line taken back to its bytes
+    as_bytes = F.transform(F.split(F.decode(text.cast("binary"), "ISO-8859-1"), "\n", -1),
+                           lambda line: F.encode(line, "ISO-8859-1").cast("string"))
+    split = F.when(F.is_valid_utf8(text), F.split(text, "\n", -1)).otherwise(as_bytes)
+    pieces = whole.select("origin", "_first", "_lines", "_stamps", split.alias("_pieces"))
     # the sink ends every line with a newline, so the text's last piece is empty
     line_count = F.size("_pieces") - F.when(F.element_at("_pieces", -1) == "", 1).otherwise(0)
     aligned = F.coalesce(F.col("_lines") == line_count, F.lit(False))

@@ -147,3 +147,21 @@ def test_conservation_counts_the_table_so_a_lost_row_fails(spark, lake, monkeypa
     check = conservation_check("geo", lossy_counts, raw_lines)
     assert not check.passed
     assert check.metadata["unaccounted"].value == 1
+
+
+def test_a_file_with_invalid_utf8_keeps_its_bytes_and_its_order(spark, lake):
+    """An indexed file is split into lines as a whole: a line that is not UTF-8 still reaches the cleaning
+    as its bytes (quarantined as invalid UTF-8, its raw in hex), and the file's other lines keep their
+    timestamps (the later post of ind 1 wins although its text sorts lower)."""
+    files = [write_raw(lake, DAY1, 0, 0, [(geo(1, "Z-early"), ms(DAY1, 1)), (geo(1, "A-late"), ms(DAY1, 9))])]
+    bad = b'{"ind": 2, "country": "caf\xe9"}'
+    index = json.loads(lake.read_bytes(contract.raw_index_name(files[0]["path"])))
+    index["n"], index["runs"] = 3, [*index["runs"], [ms(DAY1, 10), 1]]
+    lake.write_bytes(files[0]["path"], lake.read_bytes(files[0]["path"]) + bad + b"\n")
+    lake.write_bytes(contract.raw_index_name(files[0]["path"]), json.dumps(index).encode() + b"\n")
+    files[0]["size"] += len(bad) + 1
+    counts = run(spark, lake, files)
+    assert countries(spark, lake) == {1: "A-late"}
+    assert (counts["read"], counts["quarantined"], counts["quarantine_rows"]) == (3, 1, 1)
+    [row] = spark.read.format("delta").load(lake.uri("tables/quarantine")).collect()
+    assert (row["reason"], row["raw"]) == ("invalid UTF-8", bad.hex())
