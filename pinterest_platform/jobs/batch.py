@@ -136,9 +136,6 @@ def _indexed_lines(spark, files: list[dict]):
     whole = (spark.read.text([f["uri"] for f in files], wholetext=True)
              .select(F.col("value").alias("_text"), F.col("_metadata.file_path").alias("origin"))
              .join(F.broadcast(index), "origin", "left"))
-    # split once, in a projection of its own (a one-character pattern: Java splits on it without the regex
-    # engine); the per-file columns are computed before the explode, so the rows it makes carry neither the
-    # text nor anything that needs it again (else each line would split its whole file once more)
     text = F.col("_text")
     # Splitting a string goes through Java's UTF-16, which would put replacement characters where the bytes
     # are not UTF-8 (such a line must reach the cleaning as it is, to be quarantined as invalid UTF-8): a
@@ -147,6 +144,9 @@ def _indexed_lines(spark, files: list[dict]):
     as_bytes = F.transform(F.split(F.decode(text.cast("binary"), "ISO-8859-1"), "\n", -1),
                            lambda line: F.encode(line, "ISO-8859-1").cast("string"))
     split = F.when(F.is_valid_utf8(text), F.split(text, "\n", -1)).otherwise(as_bytes)
+    # split once, in a projection of its own (a one-character pattern: Java splits on it without the regex
+    # engine); the per-file columns are computed before the explode, so the rows it makes carry neither the
+    # text nor anything that needs it again (else each line would split its whole file once more)
     pieces = whole.select("origin", "_first", "_lines", "_stamps", split.alias("_pieces"))
     # the sink ends every line with a newline, so the text's last piece is empty
     line_count = F.size("_pieces") - F.when(F.element_at("_pieces", -1) == "", 1).otherwise(0)
@@ -274,8 +274,8 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
     ind_range = None if tally["lo"] is None else (int(tally["lo"]), int(tally["hi"]))
     latest = kept.where(is_clean).drop("_copies")
     table_existed = _table_exists(spark, table_uri)
+    judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
     if _table_exists(spark, versions_uri):
-        judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
         # checkpointed: the writes below change the versions table these rows were judged on, and a
         # recomputation would judge them again against the new keys
         judged = judged.localCheckpoint(eager=True)
@@ -284,7 +284,6 @@ def _clean_kind(spark, kind: str, files: list[dict], table_uri: str, versions_ur
         upserted, known = int(split["newer"]), int(split["known"])
     else:
         # nothing to judge against: every row is newer, and known exactly when the table already exists
-        judged = judge_against_stored(spark, latest, versions_uri, table_uri, ind_range)
         upserted, known = keys, keys if table_existed else 0
     winners = judged.where(F.col("_newer"))
     if upserted:
