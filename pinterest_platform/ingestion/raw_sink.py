@@ -8,11 +8,11 @@ crash), and writes newline-delimited JSON files in the Confluent layout with a d
 is filed under the day the sink read it). A file holds consecutive offsets of one partition and one day:
 when a partition's records change day, a new file begins. Beside each file goes its index
 (`_raw_index/<same path>`: the first offset, the line count and the lines' Kafka timestamps), which
-cleaning uses to keep the latest-posted record of an `ind`. Index, then file, are written first and the partition's offset
-committed after them, so a crash in between makes the next run rewrite the same file name from the same
-offset: nothing lost, nothing duplicated. A file at that name that
-this sink did not write (another writer's) is never replaced: the run fails instead. A run that cannot read
-up to the end offsets fails too, naming the partitions and their lag. `read_raw_files` lists a topic's
+cleaning uses to keep the latest-posted record of an `ind`. Index, then file, are written first and the
+partition's offset committed after them, so a crash in between makes the next run rewrite the same file
+name from the same offset: nothing lost, nothing duplicated. A file at that name that this sink did not
+write (another writer's) is never replaced: the run fails instead. A run that cannot read up to the end
+offsets fails too, naming the partitions and their lag. `read_raw_files` lists a topic's
 files, ours or a real Confluent sink's; `raw_files_of_day` the files of one day: those below its day folder,
 and files of the flat layout (no day level, another sink's) whose object was last modified that day.
 
@@ -30,6 +30,7 @@ Framing (one record per line, never dropped, readers split on "\\n" only):
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 import re
@@ -97,12 +98,7 @@ class _Buffer:
         """The file's index, one JSON line: its first offset `o`, its number of lines `n`, and the lines'
         Kafka timestamps (ms) as `runs` of [timestamp, how many consecutive lines have it]. A line's offset
         is the first plus its position (offsets are consecutive)."""
-        runs: list[list[int]] = []
-        for ts in self.timestamps:
-            if runs and runs[-1][0] == ts:
-                runs[-1][1] += 1
-            else:
-                runs.append([ts, 1])
+        runs = [[ts, len(list(same))] for ts, same in itertools.groupby(self.timestamps)]
         return json.dumps({"o": self.first_offset, "n": len(self.lines), "runs": runs},
                           separators=(",", ":")).encode() + b"\n"
 

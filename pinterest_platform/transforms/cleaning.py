@@ -194,7 +194,7 @@ def _typed_values(kind: str) -> dict[str, Column]:
     once, in a projection of their own, so the columns and the problems below read them instead of
     repeating their patterns (a follower count's regex would otherwise run eight times per record)."""
     text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
-    values = {"ind": _integer(text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]])}
+    values = {"ind": _integer(text[_key_field(kind)])}
     if kind == "pin":
         values.update(follower_count=_follower_count(text["follower_count"]),
                       save_location=_save_location(text["save_location"]))
@@ -208,15 +208,24 @@ def _typed_values(kind: str) -> dict[str, Column]:
     return values
 
 
+def _typed_name(name: str) -> str:
+    return f"{TYPED_PREFIX}{name}"
+
+
 def _typed(name: str) -> Column:
-    return F.col(f"{TYPED_PREFIX}{name}")
+    return F.col(_typed_name(name))
+
+
+def _key_field(kind: str) -> str:
+    """The wire field that holds `kind`'s ind."""
+    return contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]
 
 
 def _typed_columns(kind: str) -> tuple[list[Column], list[Column]]:
     """The contract columns of `kind` and the problems that send a record to quarantine, from the wire
     fields with placeholders and blanks already nulled and the `_typed_values` beside them."""
     text = {c: F.col(c) for c in contract.WIRE_SCHEMAS[kind].fieldNames()}
-    key = text[contract.SOURCE_KEY[contract.SOURCE_TABLE_OF[kind]]]
+    key = text[_key_field(kind)]
     ind = _typed("ind")
     problems = [F.when(key.isNull(), F.lit("missing ind")), _problem("ind", key, ind.isNotNull(), "an integer"),
                 F.when(ind < 0, F.concat(F.lit("ind '"), key, F.lit("' is negative")))]
@@ -256,7 +265,7 @@ def clean(kind: str, records: DataFrame) -> DataFrame:
     # the problems read each typed value instead of repeating its parse
     texts = parsed.select(*[_text(F.col(c)).alias(c) for c in wire], *rest)
     values = _typed_values(kind)
-    typed = texts.select(*wire, *[v.alias(f"{TYPED_PREFIX}{n}") for n, v in values.items()], *rest)
+    typed = texts.select(*wire, *[v.alias(_typed_name(n)) for n, v in values.items()], *rest)
     columns, problems = _typed_columns(kind)
     # a record that is no JSON object has no fields to complain about
     reason = F.coalesce(F.col("_reason"), F.nullif(F.concat_ws("; ", *problems), F.lit("")))
