@@ -59,3 +59,23 @@ def test_writes_the_transforms_outputs_and_rewrites_only_changed_tables(spark, t
         assert moved == third[name]["rewritten"] == (after[name] != before[name]), name
     rewritten = {name for name in contract.ANALYTICS_TABLES if third[name]["rewritten"]}
     assert rewritten and "popular_category_by_country" not in rewritten
+
+
+def test_a_table_changed_behind_the_platforms_back_is_written_again(spark, tmp_path):
+    root = str(tmp_path / "tables")
+    _write_cleaned(spark, root, GEO_PINS + USER_PINS)
+    batch_jobs.analytics(spark, {"tables_root": root, "preview_rows": 0})
+    expected = {name: _rows(df) for name, df in compute_all(*cleaned_tables(spark, GEO_PINS + USER_PINS, GEOS,
+                                                                            USERS)).items()}
+    # someone deletes a row of one output: its latest commit is no longer the platform's, so the next run
+    # cannot take the table for what it wrote, and writes it again; the others keep their versions
+    touched = "popular_category_by_country"
+    DeltaTable.forPath(spark, f"{root}/{touched}").delete("true")
+    assert _rows(spark.read.format("delta").load(f"{root}/{touched}")) == Counter()
+    versions = {name: _version(spark, f"{root}/{name}") for name in contract.ANALYTICS_TABLES}
+
+    again = batch_jobs.analytics(spark, {"tables_root": root, "preview_rows": 0})
+    assert {name for name in contract.ANALYTICS_TABLES if again[name]["rewritten"]} == {touched}
+    assert _rows(spark.read.format("delta").load(f"{root}/{touched}")) == expected[touched]
+    for name in contract.ANALYTICS_TABLES:
+        assert (_version(spark, f"{root}/{name}") != versions[name]) == (name == touched), name
