@@ -177,7 +177,7 @@ def driver_memory(data_bytes: int | None = None) -> str:
     most a quarter of this machine's memory."""
     if os.environ.get(DRIVER_MEMORY_ENV):
         return os.environ[DRIVER_MEMORY_ENV]
-    mib = DEFAULT_DRIVER_MIB if data_bytes is None else MIN_DRIVER_MIB + data_bytes / 2**21
+    mib = DEFAULT_DRIVER_MIB if data_bytes is None else MIN_DRIVER_MIB + data_bytes / 2**20 / 2
     mib = math.ceil(mib / 512) * 512
     ceiling = MAX_DRIVER_MIB
     with contextlib.suppress(ValueError, OSError, AttributeError):

@@ -1,4 +1,4 @@
-"""The local driver's heap follows the first job's raw files unless the user sets it."""
+"""The local driver's heap follows the first job's raw files unless the user sets it; its collector is the parallel one."""
 
 import pytest
 
