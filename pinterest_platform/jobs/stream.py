@@ -149,77 +149,243 @@ class StreamStats:
 # --- per micro-batch --------------------------------------------------------------------------------
 
 # A continuous query commits every second or so, each write adding a small file; Delta's auto compaction
-# rewrites them once 50 accumulate, so the per-batch scans of the table do not grow with the stream's age
-STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true"}
+# rewrites them once 50 accumulate, so the per-batch scans of the table do not grow with the stream's age.
+# A log checkpoint (every 10 commits by default) costs a writer about a second, and the three tables, committed
+# in step, checkpoint in the same batch: every 100 commits, that batch's delay is rarer than a reader's replay
+# of up to 99 small commit files is costly
+STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true", "delta.checkpointInterval": "100"}
 # the latest of one ind's records in a batch: the latest arrival, then the higher sequence number (same length
 # first: sequence numbers are decimal strings of varying length)
 LATEST_ORDER = ["_arrival", "_seq_len", "_seq"]
 
 
-def upsert_rows(spark, kind: str, good, table_uri: str) -> dict[str, int]:
+# a table whose inds the query's driver keeps (`HeldInds`) holds at most this many rows (8 bytes each)
+HELD_INDS_MAX = 10_000_000
+
+
+def _changes_data(commit_text: str) -> tuple[str | None, bool]:
+    """(operation, whether any action adds or removes data) of one Delta commit file's text."""
+    operation, changes = None, False
+    for line in commit_text.splitlines():
+        if not line.strip():
+            continue
+        action = json.loads(line)
+        if "commitInfo" in action:
+            operation = action["commitInfo"].get("operation")
+        for kind in ("add", "remove", "cdc"):
+            if kind in action and action[kind].get("dataChange", True):
+                changes = True
+    return operation, changes
+
+
+class HeldInds:
+    """The inds one streaming table holds, kept by the query's driver between micro-batches, so that a batch
+    of new inds (the common case: events arrive once) is appended without reading the table: that read costs
+    a Spark job and a Delta snapshot per kind per batch, most of a small batch's time.
+
+    The set is valid as of `version` of the table. Before it is used, the commits after that version are
+    read (`_delta_log/<version>.json`, a few hundred bytes each): commits that add or remove no data (auto
+    compaction, a property change) keep it; any other (another writer, a user's DELETE) makes it read again
+    from the table. After the query's own writes of a batch the set takes the batch's inds if the commits
+    that changed data since are exactly the ones it made (each of its writes changes data, so another
+    writer's commit in between is one too many); otherwise it is read again. A table with more than
+    `max_rows` rows is not kept (`holds` answers None: the caller looks the inds up in the table)."""
+
+    def __init__(self, uri: str, max_rows: int = HELD_INDS_MAX):
+        self.uri = uri
+        self.max_rows = max_rows
+        self.version: int | None = None
+        self.too_large = False
+        self.reads = 0  # how often the set was read from the table (tests and logs)
+        self._sorted = None  # numpy int64, sorted and unique
+        self._recent: list = []  # inds added since the last merge into `_sorted`
+
+    def _commit_path(self, version: int) -> str:
+        return f"{self.uri}/_delta_log/{version:020d}.json"
+
+    def _commits_after(self, spark) -> list[tuple[str | None, bool]]:
+        found = []
+        version = self.version + 1
+        while True:
+            fs, path = _hadoop_fs(spark, self._commit_path(version))
+            if not fs.exists(path):
+                return found
+            found.append(_changes_data(_read_text(spark, self._commit_path(version))))
+            version += 1
+
+    def _read(self, spark) -> None:
+        import numpy as np
+        from delta.tables import DeltaTable
+
+        self.reads += 1
+        self._recent = []
+        if not batch_jobs._table_exists(spark, self.uri):
+            self.version, self._sorted = -1, np.empty(0, dtype=np.int64)
+            return
+        version = int(DeltaTable.forPath(spark, self.uri).history(1).select("version").first()[0])
+        table = spark.read.format("delta").option("versionAsOf", version).load(self.uri)
+        if table.count() > self.max_rows:  # answered from the Delta log
+            self.too_large, self.version, self._sorted = True, None, None
+            log.info("%s: more than %d rows; each micro-batch looks its inds up in the table", self.uri, self.max_rows)
+            return
+        column = table.select("ind").toArrow().column(0)
+        self.version = version
+        self._sorted = np.unique(column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+
+    def holds(self, spark, inds):
+        """A boolean mask over `inds` (a unique numpy array): whether the table holds each, now; None when the
+        table is too large to keep."""
+        import numpy as np
+
+        if self.too_large:
+            return None
+        if self.version is not None:
+            commits = self._commits_after(spark)
+            if any(changes for _, changes in commits):
+                self.version = None
+            else:
+                self.version += len(commits)
+        if self.version is None:
+            self._read(spark)
+            if self.too_large:
+                return None
+        keys = self._sorted
+        at = np.minimum(np.searchsorted(keys, inds), max(len(keys) - 1, 0))
+        mask = (keys[at] == inds) if len(keys) else np.zeros(len(inds), dtype=bool)
+        if self._recent:
+            mask |= np.isin(inds, np.concatenate(self._recent))
+        return mask
+
+    def wrote(self, spark, inds, operations: list[str]) -> None:
+        """After the batch's writes of `inds` (unique) to the table, whose commits' operations were
+        `operations` (Delta's names: "WRITE", "MERGE"): the set takes them, or is read again at the next
+        batch when the commits since are not exactly those."""
+        import numpy as np
+
+        if self.version is None:
+            return
+        commits = self._commits_after(spark)
+        if sorted(op or "" for op, changes in commits if changes) != sorted(operations):
+            self.version = None  # someone else changed data too
+            return
+        self.version += len(commits)
+        self._recent.append(np.asarray(inds, dtype=np.int64))
+        recent = sum(len(a) for a in self._recent)
+        if len(self._sorted) + recent > self.max_rows:
+            self.too_large, self.version, self._sorted, self._recent = True, None, None, []
+        elif recent > max(100_000, len(self._sorted) // 4):
+            self._sorted = np.union1d(self._sorted, np.concatenate(self._recent))
+            self._recent = []
+
+
+def _clean_inds(good):
+    """The clean inds of a micro-batch's records (numpy int64, one per record), in one Spark job."""
+    import numpy as np
+
+    column = good.select("ind").toArrow().column(0)
+    return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def upsert_rows(spark, kind: str, good, table_uri: str, held: HeldInds | None = None) -> dict[str, int]:
     """Write one micro-batch's clean records of `kind` (`good`: `clean`'s output, clean rows only) to its
     table, one row per ind; returns {"clean": records, "upserted": distinct inds, "appended", "merged"}.
 
     Insert-only fast path: an ind the table does not hold yet and that comes once in the batch is appended
-    (a plain write: no join with the table's files, no rewrite). Only the others go through MERGE, with the
-    rule of every version before: the batch's latest record of the ind (`LATEST_ORDER`) replaces the
-    table's row when it differs, or is inserted. MERGE runs first: it touches only those inds, so the
-    appended set (computed once, cached) is the same whether or not a replay finds the MERGE done, and a
-    replayed batch (its inds now all in the table) is MERGEd with nothing to change."""
+    (a plain write: no join with the table's files, no rewrite). When every ind of the batch is such and the
+    query keeps the table's inds (`held`), the batch is appended without reading the table. Otherwise the
+    others go through MERGE (`_upsert_looked_up`), with the rule of every version before: the batch's latest
+    record of the ind (`LATEST_ORDER`) replaces the table's row when it differs, or is inserted."""
+    import numpy as np
+
+    from pinterest_platform.transforms.cleaning import cleaned_rows
+
+    empty = {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
+    if held is None:
+        with table_write_lock(spark, table_uri):
+            return _upsert_looked_up(spark, kind, good, table_uri)[0]
+    inds = _clean_inds(good)
+    if not len(inds):
+        return empty
+    unique, copies = np.unique(inds, return_counts=True)
+    with table_write_lock(spark, table_uri):
+        stored = held.holds(spark, unique)
+        if stored is not None and not stored.any() and bool((copies == 1).all()):
+            cleaned_rows(kind, good).write.format("delta").mode("append").save(table_uri)
+            counts, operations = {"clean": len(inds), "upserted": len(unique), "appended": len(unique),
+                                  "merged": 0}, ["WRITE"]
+        else:
+            counts, operations = _upsert_looked_up(spark, kind, good, table_uri, (int(unique[0]), int(unique[-1])))
+        held.wrote(spark, unique, operations)
+        return counts
+
+
+def _upsert_looked_up(spark, kind: str, good, table_uri: str,
+                      ind_range: tuple[int, int] | None = None) -> tuple[dict[str, int], list[str]]:
+    """`upsert_rows` by looking the batch's inds up in the table (inside the caller's write lock); returns its
+    counts and the operations of the commits it made. An ind the table does not hold and the batch holds once
+    is appended; the others are MERGEd. MERGE runs first: it touches only those inds, so the appended set
+    (computed once, cached) is the same whether or not a replay finds the MERGE done, and a replayed batch (its
+    inds now all in the table) is MERGEd with nothing to change."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     from pinterest_platform.transforms.cleaning import cleaned_rows, latest_per_key
 
     schema = contract.CLEANED_SCHEMAS[kind]
-    lo, hi = good.agg(F.min("ind"), F.max("ind")).first()
-    if lo is None:
-        return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
-    # the batch's inds lie in this range: the table's files whose ind min/max lie outside are skipped, so a
-    # batch reads what it may match, not the whole table's ind column (which grows with the stream's age)
-    ind_range = (int(lo), int(hi))
-    with table_write_lock(spark, table_uri):
-        exists = batch_jobs._table_exists(spark, table_uri)
-        per_ind = good.groupBy("ind").agg(F.count(F.lit(1)).alias("_n"))
-        if exists:
-            stored = (spark.read.format("delta").load(table_uri).where(batch_jobs.within("ind", ind_range))
-                      .select("ind", F.lit(True).alias("_stored")))
-            per_ind = per_ind.join(stored, "ind", "left")
+    if ind_range is None:
+        lo, hi = good.agg(F.min("ind"), F.max("ind")).first()
+        if lo is None:
+            return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}, []
+        # the batch's inds lie in this range: the table's files whose ind min/max lie outside are skipped, so
+        # a batch reads what it may match, not the whole table's ind column (which grows with the stream's age)
+        ind_range = (int(lo), int(hi))
+    exists = batch_jobs._table_exists(spark, table_uri)
+    per_ind = good.groupBy("ind").agg(F.count(F.lit(1)).alias("_n"))
+    if exists:
+        stored = (spark.read.format("delta").load(table_uri).where(batch_jobs.within("ind", ind_range))
+                  .select("ind", F.lit(True).alias("_stored")))
+        per_ind = per_ind.join(stored, "ind", "left")
+    else:
+        per_ind = per_ind.withColumn("_stored", F.lit(None).cast("boolean"))
+    flags = per_ind.select("ind", "_n", ((F.col("_n") == 1) & F.col("_stored").isNull()).alias("_fresh")).persist()
+    try:
+        clean_count, upserted, fresh = flags.agg(
+            F.coalesce(F.sum("_n"), F.lit(0)), F.count(F.lit(1)), F.count(F.when(F.col("_fresh"), 1))).first()
+        merged = upserted - fresh
+        if not upserted:
+            return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}, []
+        operations = []
+        if merged:
+            tagged = good.join(flags.select("ind", "_fresh"), "ind")
+            latest = latest_per_key(tagged.where(~F.col("_fresh")).drop("_fresh"), key="ind", order_by=LATEST_ORDER)
+            source = cleaned_rows(kind, latest)
+            if exists:
+                columns = [c for c in schema.fieldNames() if c != "ind"]
+                (DeltaTable.forPath(spark, table_uri).alias("t")
+                 .merge(source.alias("s"), (F.col("t.ind") == F.col("s.ind"))
+                        & batch_jobs.within("t.ind", ind_range))
+                 .whenMatchedUpdateAll(condition=batch_jobs._rows_differ(columns))
+                 .whenNotMatchedInsertAll()
+                 .execute())
+                operations.append("MERGE")
+            else:  # only repeated inds, in a table not created yet: nothing to match
+                source.write.format("delta").mode("append").save(table_uri)
+                operations.append("WRITE")
+            fresh_rows = tagged.where(F.col("_fresh")).drop("_fresh") if fresh else None
         else:
-            per_ind = per_ind.withColumn("_stored", F.lit(None).cast("boolean"))
-        flags = per_ind.select("ind", "_n", ((F.col("_n") == 1) & F.col("_stored").isNull()).alias("_fresh")).persist()
-        try:
-            clean_count, upserted, fresh = flags.agg(
-                F.coalesce(F.sum("_n"), F.lit(0)), F.count(F.lit(1)), F.count(F.when(F.col("_fresh"), 1))).first()
-            merged = upserted - fresh
-            if not upserted:
-                return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
-            if merged:
-                tagged = good.join(flags.select("ind", "_fresh"), "ind")
-                latest = latest_per_key(tagged.where(~F.col("_fresh")).drop("_fresh"), key="ind", order_by=LATEST_ORDER)
-                source = cleaned_rows(kind, latest)
-                if exists:
-                    columns = [c for c in schema.fieldNames() if c != "ind"]
-                    (DeltaTable.forPath(spark, table_uri).alias("t")
-                     .merge(source.alias("s"), (F.col("t.ind") == F.col("s.ind"))
-                            & batch_jobs.within("t.ind", ind_range))
-                     .whenMatchedUpdateAll(condition=batch_jobs._rows_differ(columns))
-                     .whenNotMatchedInsertAll()
-                     .execute())
-                else:  # only repeated inds, in a table not created yet: nothing to match
-                    source.write.format("delta").mode("append").save(table_uri)
-                fresh_rows = tagged.where(F.col("_fresh")).drop("_fresh") if fresh else None
-            else:
-                fresh_rows = good  # every ind is new and single: the batch is appended as it is
-            if fresh_rows is not None:
-                cleaned_rows(kind, fresh_rows).write.format("delta").mode("append").save(table_uri)
-            return {"clean": int(clean_count), "upserted": int(upserted), "appended": int(fresh), "merged": int(merged)}
-        finally:
-            flags.unpersist()
+            fresh_rows = good  # every ind is new and single: the batch is appended as it is
+        if fresh_rows is not None:
+            cleaned_rows(kind, fresh_rows).write.format("delta").mode("append").save(table_uri)
+            operations.append("WRITE")
+        return ({"clean": int(clean_count), "upserted": int(upserted), "appended": int(fresh), "merged": int(merged)},
+                operations)
+    finally:
+        flags.unpersist()
 
 
 def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, str | None, str]],
-                  quarantine_uri: str, app_id: str, stats: dict[str, StreamStats]) -> None:
+                  quarantine_uri: str, app_id: str, stats: dict[str, StreamStats],
+                  held: dict[str, HeldInds] | None = None) -> None:
     """Clean one micro-batch of the query and commit it to each kind's table and to the quarantine.
 
     `targets`: (kind, stream, table_uri) per kind the batch may hold; `stream` selects its records by the
@@ -227,7 +393,8 @@ def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, st
     (cached); the kinds' tables are written at the same time, one thread each (their tables are distinct,
     and a micro-batch's time is mostly the latency of small Spark jobs and Delta commits, which overlap),
     then the quarantined records of all kinds in one append, idempotent by Delta's `txnAppId` (the query's
-    id) and `txnVersion` (the batch id)."""
+    id) and `txnVersion` (the batch id). `held`: the inds each kind's table holds, kept by the query between
+    batches (`HeldInds`); without it each batch looks its inds up in the tables."""
     from concurrent.futures import ThreadPoolExecutor
     from functools import reduce
 
@@ -247,7 +414,7 @@ def write_batches(spark, batch_df, batch_id: int, *, targets: list[tuple[str, st
             cleaned = clean(kind, rows).persist()
             cached.append(cleaned)
             good = cleaned.where(F.col("_reason").isNull() & F.col("ind").isNotNull())
-            counts = upsert_rows(spark, kind, good, table_uri)
+            counts = upsert_rows(spark, kind, good, table_uri, held=(held or {}).get(kind))
             counts.update(records=records, quarantined=records - counts["clean"])
             return counts, (quarantine_rows(kind, cleaned) if counts["quarantined"] else None)
 
@@ -401,11 +568,13 @@ def _start_query(spark, p: StreamParams, kinds: list[str], stats: dict[str, Stre
     targets = [(kind, contract.stream_name(p.prefix, kind), p.table_uri(kind)) for kind in kinds]
     quarantine_uri = p.quarantine_uri
     query_id = _QueryId()
+    # per query: a restart (a new process, or the second round after a replay) reads the tables' inds again
+    held = {kind: HeldInds(p.table_uri(kind)) for kind in kinds}
 
     def on_batch(batch_df, batch_id: int) -> None:
         # looked up at call time so that tests can wrap it (e.g. to crash after the commit)
         write_batches(batch_df.sparkSession, batch_df, batch_id, targets=targets, quarantine_uri=quarantine_uri,
-                      app_id=f"stream:{query_id.get()}", stats=stats)
+                      app_id=f"stream:{query_id.get()}", stats=stats, held=held)
 
     writer = (records.writeStream.queryName(f"stream_{p.prefix}")
               .option("checkpointLocation", p.checkpoint_all).foreachBatch(on_batch))
