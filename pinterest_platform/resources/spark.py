@@ -169,6 +169,8 @@ DRIVER_MEMORY_ENV = "PINTEREST_SPARK_DRIVER_MEMORY"
 # the data's size a larger heap only fills (the JVM's own memory is ~0.5-0.7 GB on top of the heap)
 MIN_DRIVER_MIB, MAX_DRIVER_MIB, DEFAULT_DRIVER_MIB = 1024, 4096, 1536
 DRIVER_GC = "-XX:+UseParallelGC"
+# the driver's JVM options, but for the class archive's (resources/class_archive.py), which depends on them
+DRIVER_BASE_JAVA_OPTIONS = f"-Dlog4j2.level=WARN {DRIVER_GC}"
 
 
 def driver_memory(data_bytes: int | None = None) -> str:
@@ -214,6 +216,8 @@ def local_spark_session(extra_conf: dict[str, str] | None = None, data_bytes: in
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         from pyspark.sql import SparkSession
 
+        from pinterest_platform.resources import class_archive
+
         jars = [*delta_jars(), *s3_jars()]
         conf = {
             "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -232,7 +236,8 @@ def local_spark_session(extra_conf: dict[str, str] | None = None, data_bytes: in
             # hash map; past the default 128 Spark sorts its whole input instead, which doubled its time at 1M
             "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "65536",
             "spark.driver.memory": driver_memory(data_bytes),
-            "spark.driver.extraJavaOptions": f"-Dlog4j2.level=WARN {DRIVER_GC}",
+            "spark.driver.extraJavaOptions": " ".join(
+                filter(None, [DRIVER_BASE_JAVA_OPTIONS, class_archive.java_options(DRIVER_BASE_JAVA_OPTIONS)])),
             # open-source Delta on S3 is safe for one writer per table: the jobs take the platform's lock
             # around every commit (jobs/commit_lock.py); Databricks' commit service makes that unneeded there
             "spark.pinterest.s3CommitLock": "true",
