@@ -196,7 +196,8 @@ def input_bytes(params: dict[str, Any]) -> int | None:
 
 
 def local_spark_session(extra_conf: dict[str, str] | None = None, data_bytes: int | None = None):
-    """The process's one SparkSession, with Delta and S3A, in UTC. Start-up costs 7-15 s, so it is shared.
+    """The process's one SparkSession, with Delta and S3A, in UTC. Start-up costs 3.5-4 s with the class
+    archive `make install` builds (`class_archive`), 6-15 s without, so it is shared.
     The first caller's `data_bytes` (the raw files its job reads) sizes the driver's heap (`driver_memory`).
 
     The master is `spark_master()`: in-process by default, the stack's standalone cluster while it runs,
