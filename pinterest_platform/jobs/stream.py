@@ -228,9 +228,8 @@ class HeldInds:
             self.too_large, self.version, self._sorted = True, None, None
             log.info("%s: more than %d rows; each micro-batch looks its inds up in the table", self.uri, self.max_rows)
             return
-        column = table.select("ind").toArrow().column(0)
         self.version = version
-        self._sorted = np.unique(column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        self._sorted = np.unique(_inds(table))
 
     def holds(self, spark, inds):
         """A boolean mask over `inds` (a unique numpy array): whether the table holds each, now; None when the
@@ -278,11 +277,12 @@ class HeldInds:
             self._recent = []
 
 
-def _clean_inds(good):
-    """The clean inds of a micro-batch's records (numpy int64, one per record), in one Spark job."""
+def _inds(rows):
+    """The `ind` column of `rows` (a micro-batch's clean records, or a table) as numpy int64, one per row, in
+    one Spark job."""
     import numpy as np
 
-    column = good.select("ind").toArrow().column(0)
+    column = rows.select("ind").toArrow().column(0)
     return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
@@ -303,7 +303,7 @@ def upsert_rows(spark, kind: str, good, table_uri: str, held: HeldInds | None = 
     if held is None:
         with table_write_lock(spark, table_uri):
             return _upsert_looked_up(spark, kind, good, table_uri)[0]
-    inds = _clean_inds(good)
+    inds = _inds(good)
     if not len(inds):
         return empty
     unique, copies = np.unique(inds, return_counts=True)

@@ -166,8 +166,8 @@ def build(force: bool = False) -> Path | None:
     if result.returncode != 0 or not partial.is_file() or partial.stat().st_size == 0:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"building the class archive failed (exit {result.returncode}):\n{result.stdout[-4000:]}")
-    for old in target.parent.glob("spark-driver-*"):
-        if old.name not in (partial.name,):
+    for old in target.parent.glob("spark-driver-*"):  # other JVMs' or jars', and this one's if incomplete
+        if old != partial:
             old.unlink(missing_ok=True)
     # the size first, then the archive under its final name: until both are there it is not used
     target.with_suffix(".json").write_text(json.dumps({"bytes": partial.stat().st_size}))
