@@ -159,6 +159,9 @@ STREAMING_TABLE_PROPERTIES = {"delta.autoOptimize.autoCompact": "true", "delta.c
 LATEST_ORDER = ["_arrival", "_seq_len", "_seq"]
 
 
+# what a kind's micro-batch without clean records writes
+NOTHING_UPSERTED = {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
+
 # a table whose inds the query's driver keeps (`HeldInds`) holds at most this many rows (8 bytes each)
 HELD_INDS_MAX = 10_000_000
 
@@ -299,13 +302,12 @@ def upsert_rows(spark, kind: str, good, table_uri: str, held: HeldInds | None = 
 
     from pinterest_platform.transforms.cleaning import cleaned_rows
 
-    empty = {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}
     if held is None:
         with table_write_lock(spark, table_uri):
             return _upsert_looked_up(spark, kind, good, table_uri)[0]
     inds = _inds(good)
     if not len(inds):
-        return empty
+        return dict(NOTHING_UPSERTED)
     unique, copies = np.unique(inds, return_counts=True)
     with table_write_lock(spark, table_uri):
         stored = held.holds(spark, unique)
@@ -335,7 +337,7 @@ def _upsert_looked_up(spark, kind: str, good, table_uri: str,
     if ind_range is None:
         lo, hi = good.agg(F.min("ind"), F.max("ind")).first()
         if lo is None:
-            return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}, []
+            return dict(NOTHING_UPSERTED), []
         # the batch's inds lie in this range: the table's files whose ind min/max lie outside are skipped, so
         # a batch reads what it may match, not the whole table's ind column (which grows with the stream's age)
         ind_range = (int(lo), int(hi))
@@ -353,7 +355,7 @@ def _upsert_looked_up(spark, kind: str, good, table_uri: str,
             F.coalesce(F.sum("_n"), F.lit(0)), F.count(F.lit(1)), F.count(F.when(F.col("_fresh"), 1))).first()
         merged = upserted - fresh
         if not upserted:
-            return {"clean": 0, "upserted": 0, "appended": 0, "merged": 0}, []
+            return dict(NOTHING_UPSERTED), []
         operations = []
         if merged:
             tagged = good.join(flags.select("ind", "_fresh"), "ind")

@@ -100,6 +100,7 @@ def _workload() -> None:
     variant parsing, patterns, windows, a checkpoint), Delta appends, MERGE and overwrites, Arrow
     collection and the analytics' joins and aggregations."""
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     from pinterest_platform import contract
     from pinterest_platform.jobs import batch as jobs
@@ -108,6 +109,8 @@ def _workload() -> None:
     from pinterest_platform.transforms.cleaning import clean, cleaned_rows, latest_per_key, quarantine_rows
 
     spark = local_spark_session()
+    # the platform's jobs build driver-side frames from Arrow (`driver_rows`), so the workload does too
+    record_schema = T.StructType([T.StructField(c, T.StringType()) for c in ("value", "source", "origin")])
     samples = {
         "pin": ['{"index": 1, "unique_id": "u1", "title": "t", "description": "d", "follower_count": "26k",'
                 ' "poster_name": "p", "tag_list": "a,b", "is_image_or_video": "image", "image_src": "s",'
@@ -120,8 +123,7 @@ def _workload() -> None:
     with tempfile.TemporaryDirectory(prefix="pinterest-class-archive-") as lake:
         tables = {}
         for kind, values in samples.items():
-            records = spark.createDataFrame([(v, "topic", f"o{i}") for i, v in enumerate(values)],
-                                            "value string, source string, origin string")
+            records = jobs.driver_rows(spark, [(v, "topic", f"o{i}") for i, v in enumerate(values)], record_schema)
             cleaned = clean(kind, records).localCheckpoint(eager=True)
             uri = f"{lake}/{kind}"
             jobs.ensure_table(spark, uri, contract.CLEANED_SCHEMAS[kind])
